@@ -1,0 +1,18 @@
+//! visitord: a self-hosted VisitorAPI on Pingora.
+//!
+//! Data flows one way (DESIGN §8): bytes → `Session` → request facts →
+//! decision → answer. Modules below `proxy` and `server` never touch
+//! Pingora types; they are plain functions over plain data.
+
+pub mod agent;
+pub mod api;
+pub mod client_ip;
+pub mod config;
+pub mod country;
+pub mod geo;
+pub mod metrics;
+pub mod origin;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
