@@ -419,7 +419,9 @@ pub enum Route {
     Ready,
     Api,
     /// Plain listener: everything but health goes to HTTPS.
-    Redirect { https_port: u16 },
+    Redirect {
+        https_port: u16,
+    },
     NotFound,
 }
 
@@ -511,7 +513,10 @@ fn port_ok(p: &str) -> bool {
 /// Health answers, for every listener.
 pub fn health(ready: bool) -> Answer {
     if ready {
-        Answer::new(200, Bytes::from_static(br#"{"status":200,"result":"ok","data":null}"#))
+        Answer::new(
+            200,
+            Bytes::from_static(br#"{"status":200,"result":"ok","data":null}"#),
+        )
     } else {
         error(503, "no configuration loaded")
     }
@@ -543,7 +548,10 @@ mod tests {
     fn method_not_allowed_has_allow() {
         let a = method_not_allowed(API_ALLOW);
         assert_eq!(a.status, 405);
-        assert_eq!(a.headers, vec![(header::ALLOW, HeaderValue::from_static(API_ALLOW))]);
+        assert_eq!(
+            a.headers,
+            vec![(header::ALLOW, HeaderValue::from_static(API_ALLOW))]
+        );
     }
 
     #[test]
@@ -576,10 +584,28 @@ mod tests {
         let d = v["data"].as_object().unwrap();
         let keys: Vec<&str> = d.keys().map(String::as_str).collect();
         let expected = [
-            "ipAddress", "countryCode", "countryName", "currencies", "languages", "region",
-            "regionName", "city", "cityLatLong", "browser", "browserVersion", "os", "osVersion",
-            "deviceBrand", "deviceModel", "deviceFamily", "continentCode", "timezone",
-            "postalCode", "isEU", "asn", "asOrganization",
+            "ipAddress",
+            "countryCode",
+            "countryName",
+            "currencies",
+            "languages",
+            "region",
+            "regionName",
+            "city",
+            "cityLatLong",
+            "browser",
+            "browserVersion",
+            "os",
+            "osVersion",
+            "deviceBrand",
+            "deviceModel",
+            "deviceFamily",
+            "continentCode",
+            "timezone",
+            "postalCode",
+            "isEU",
+            "asn",
+            "asOrganization",
         ];
         let mut sorted_expected = expected.to_vec();
         sorted_expected.sort_unstable();
@@ -664,7 +690,11 @@ mod tests {
             device_model: String::new(),
             device_family: "Other".into(),
         };
-        let d = visitor("::ffff:8.8.8.8".parse().unwrap(), &Location::default(), &agent);
+        let d = visitor(
+            "::ffff:8.8.8.8".parse().unwrap(),
+            &Location::default(),
+            &agent,
+        );
         assert_eq!(d.ip_address, "8.8.8.8");
     }
 
@@ -700,7 +730,11 @@ mod tests {
         ];
         for (q, want) in cases {
             let got = project_id_from_query(q);
-            assert_eq!(got.as_deref().map_err(Clone::clone), want.clone(), "query {q:?}");
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                want.clone(),
+                "query {q:?}"
+            );
         }
         let long_pid = format!("pid={}", "x".repeat(65));
         assert_eq!(project_id_from_query(&long_pid), Err(InvalidPid));
@@ -774,13 +808,28 @@ mod tests {
             location("example.com:8080", 8443, "/api/?pid=demo"),
             "https://example.com:8443/api/?pid=demo"
         );
-        assert_eq!(location("example.com", 443, "/x?y=1"), "https://example.com/x?y=1");
+        assert_eq!(
+            location("example.com", 443, "/x?y=1"),
+            "https://example.com/x?y=1"
+        );
         assert_eq!(location("[::1]:8080", 8443, "/"), "https://[::1]:8443/");
         assert_eq!(location("127.0.0.1", 8443, "/"), "https://127.0.0.1:8443/");
         for bad in [
-            "", "evil.com/x", "a b", "a\r\nb", "[::1", "[zz]:80", "host:", "host:99999x", "@evil",
+            "",
+            "evil.com/x",
+            "a b",
+            "a\r\nb",
+            "[::1",
+            "[zz]:80",
+            "host:",
+            "host:99999x",
+            "@evil",
         ] {
-            assert_eq!(redirect(Some(bad.as_bytes()), 443, "/").status, 400, "{bad:?}");
+            assert_eq!(
+                redirect(Some(bad.as_bytes()), 443, "/").status,
+                400,
+                "{bad:?}"
+            );
         }
         assert_eq!(redirect(None, 443, "/").status, 400);
     }

@@ -396,17 +396,16 @@ impl Config {
 
         let listeners = listeners(file, &raw.listen)?;
         let needs_tls = listeners.iter().any(|l| l.kind == ListenerKind::Tls);
-        let tls = match (raw.tls, needs_tls) {
-            (Some(tls), _) => Some(tls_settings(file, tls, &resolve)?),
-            (None, true) => {
-                return Err(ConfigError::invalid(
+        let tls =
+            match (raw.tls, needs_tls) {
+                (Some(tls), _) => Some(tls_settings(file, tls, &resolve)?),
+                (None, true) => return Err(ConfigError::invalid(
                     file,
                     "tls",
                     "missing: a listener has `tls = true` but no [tls] certificates are configured",
-                ))
-            }
-            (None, false) => None,
-        };
+                )),
+                (None, false) => None,
+            };
 
         let api = Api {
             path: api_path(file, &raw.api.path)?,
@@ -521,7 +520,11 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let key = if path == "." { "(top level)".to_owned() } else { path };
+        let key = if path == "." {
+            "(top level)".to_owned()
+        } else {
+            path
+        };
         ConfigError::invalid(file, key, inner.message())
     })
 }
@@ -569,13 +572,11 @@ fn listeners(file: &Path, raw: &[RawListen]) -> Result<Vec<Listener>, ConfigErro
             (false, Some(port)) => ListenerKind::Redirect { https_port: port },
             // The API is HTTPS-only: a plain listener exists only to send
             // browsers to HTTPS (and to answer health checks).
-            (false, None) => {
-                return Err(ConfigError::invalid(
-                    file,
-                    format!("listen[{i}]"),
-                    "a plain listener must set redirect_https_port (the API is served over TLS only)",
-                ))
-            }
+            (false, None) => return Err(ConfigError::invalid(
+                file,
+                format!("listen[{i}]"),
+                "a plain listener must set redirect_https_port (the API is served over TLS only)",
+            )),
         };
         if out.iter().any(|o| o.addr == l.addr) {
             return Err(ConfigError::invalid(
@@ -689,7 +690,9 @@ addr = "127.0.0.1:9180"
     }
 
     fn error(text: &str) -> String {
-        parse(text).expect_err("config should be refused").to_string()
+        parse(text)
+            .expect_err("config should be refused")
+            .to_string()
     }
 
     #[test]
@@ -759,7 +762,10 @@ addr = "127.0.0.1:9180"
     #[test]
     fn duplicate_listener_is_refused() {
         let e = error(&GOOD.replace("127.0.0.1:8080", "127.0.0.1:8443"));
-        assert!(e.contains("listen[1].addr: 127.0.0.1:8443 is listed twice"), "{e}");
+        assert!(
+            e.contains("listen[1].addr: 127.0.0.1:8443 is listed twice"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -876,9 +882,11 @@ domains = ["shop.example.org"]
     #[test]
     fn bad_project_id_is_refused() {
         for id in ["", "a b", "a/b", "é", &"x".repeat(65)] {
-            let e = projects(&format!("[[project]]\nid = {id:?}\ndomains = [\"a.com\"]\n"))
-                .unwrap_err()
-                .to_string();
+            let e = projects(&format!(
+                "[[project]]\nid = {id:?}\ndomains = [\"a.com\"]\n"
+            ))
+            .unwrap_err()
+            .to_string();
             assert!(e.starts_with("projects.toml: project[0].id:"), "{e}");
         }
     }
@@ -898,7 +906,10 @@ domains = ["shop.example.org"]
         let e = projects("[[project]]\nid = \"a\"\ndomains = [\"a.com\", \"*.\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("projects.toml: project[0].domains[1]:"), "{e}");
+        assert!(
+            e.starts_with("projects.toml: project[0].domains[1]:"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -923,7 +934,10 @@ domains = ["shop.example.org"]
         let e = Config::load(Path::new("/nonexistent/visitord.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("/nonexistent/visitord.toml: cannot read"), "{e}");
+        assert!(
+            e.starts_with("/nonexistent/visitord.toml: cannot read"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,7 +12,11 @@ use visitord::snapshot::Snapshot;
 use visitord::{api, server, tls};
 
 #[derive(Debug, Parser)]
-#[command(name = "visitord", version, about = "A self-hosted VisitorAPI on Pingora")]
+#[command(
+    name = "visitord",
+    version,
+    about = "A self-hosted VisitorAPI on Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

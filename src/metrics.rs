@@ -60,8 +60,8 @@ impl Metrics {
                 "Time from request head to the end of the answer, by route.",
             )
             .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
             ]),
             &["route"],
         )
@@ -171,7 +171,9 @@ mod tests {
     fn exposition_is_well_formed() {
         let m = &*METRICS;
         m.requests.with_label_values(&["api", "200", "demo"]).inc();
-        m.request_duration.with_label_values(&["api"]).observe(0.001);
+        m.request_duration
+            .with_label_values(&["api"])
+            .observe(0.001);
         m.origin_rejections.with_label_values(&["not_listed"]).inc();
         m.reloads.with_label_values(&["config", "error"]).inc();
         let text = String::from_utf8(m.render()).unwrap();
@@ -196,10 +198,9 @@ mod tests {
             let name = series.split('{').next().unwrap();
             assert!(
                 families.iter().any(|f| name == f
-                    || name.strip_prefix(f.as_str()).is_some_and(|s| matches!(
-                        s,
-                        "_bucket" | "_sum" | "_count"
-                    ))),
+                    || name
+                        .strip_prefix(f.as_str())
+                        .is_some_and(|s| matches!(s, "_bucket" | "_sum" | "_count"))),
                 "sample without TYPE: {line}"
             );
             if let Some(labels) = series.split_once('{').map(|(_, l)| l) {

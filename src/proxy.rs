@@ -65,9 +65,7 @@ impl ProxyHttp for Visitord {
         let answer = match route {
             Route::Health => api::health(true),
             Route::Ready => api::health(true),
-            Route::Redirect { https_port } => {
-                api::redirect(host(s), https_port, path_and_query(s))
-            }
+            Route::Redirect { https_port } => api::redirect(host(s), https_port, path_and_query(s)),
             Route::Api => {
                 let facts = read_api_request(s, &ctx.snap);
                 let answer = api::answer(&ctx.snap, &facts);
@@ -85,7 +83,11 @@ impl ProxyHttp for Visitord {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _s: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         // Every route above is answered in request_filter; nothing is proxied.
         Error::e_explain(ErrorType::InternalError, "no upstream for this request")
     }

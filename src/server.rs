@@ -96,8 +96,8 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
             "visitord https",
         );
         for addr in &tls_addrs {
-            let mut tls = TlsSettings::intermediate("", "")
-                .map_err(|e| ServerError::Tls(e.to_string()))?;
+            let mut tls =
+                TlsSettings::intermediate("", "").map_err(|e| ServerError::Tls(e.to_string()))?;
             tls.set_cert_resolver(Arc::new(CertResolver::new(shared.clone())));
             tls.enable_h2();
             service.add_tls_with_settings(&addr.to_string(), None, tls);

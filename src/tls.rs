@@ -121,7 +121,10 @@ fn load_pair(files: &CertificateFiles, now: i64) -> Result<LoadedCertificate, Tl
     };
     let (names, not_before, not_after) = inspect(&files.cert, leaf)?;
     if not_after < now {
-        return Err(invalid(&files.cert, format!("expired (notAfter {})", format_unix(not_after))));
+        return Err(invalid(
+            &files.cert,
+            format!("expired (notAfter {})", format_unix(not_after)),
+        ));
     }
     if not_before > now + 60 {
         return Err(invalid(
@@ -217,7 +220,10 @@ pub fn ensure_dev_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError>
     if cert.exists() && key.exists() {
         return Ok(false);
     }
-    let dir = cert.parent().unwrap_or_else(|| Path::new(".")).to_path_buf();
+    let dir = cert
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .to_path_buf();
     let fail = |reason: String| TlsError::DevCert {
         dir: dir.clone(),
         reason,
@@ -278,9 +284,15 @@ mod tests {
         let list: Vec<_> = certs.iter().collect();
         assert!(same(&certs.resolve(Some("localhost")).unwrap(), list[0]));
         assert!(same(&certs.resolve(Some("example.com")).unwrap(), list[1]));
-        assert!(same(&certs.resolve(Some("www.example.com")).unwrap(), list[1]));
+        assert!(same(
+            &certs.resolve(Some("www.example.com")).unwrap(),
+            list[1]
+        ));
         // A wildcard covers one label only.
-        assert!(same(&certs.resolve(Some("a.b.example.com")).unwrap(), list[0]));
+        assert!(same(
+            &certs.resolve(Some("a.b.example.com")).unwrap(),
+            list[0]
+        ));
         assert!(same(&certs.resolve(None).unwrap(), list[0]));
         assert!(same(&certs.resolve(Some("other.org")).unwrap(), list[0]));
         assert_eq!(list[1].names, vec!["example.com", "*.example.com"]);
@@ -312,11 +324,17 @@ mod tests {
         assert!(e.contains("nope.crt: cannot read"), "{e}");
 
         std::fs::write(&a.cert, "hello").unwrap();
-        let e = Certificates::load(std::slice::from_ref(&a)).unwrap_err().to_string();
+        let e = Certificates::load(std::slice::from_ref(&a))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a.crt: no CERTIFICATE block"), "{e}");
 
         let b = pair(dir.path(), "b", &["localhost"]);
-        std::fs::write(&b.key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        std::fs::write(
+            &b.key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let e = Certificates::load(&[b]).unwrap_err().to_string();
         assert!(e.contains("b.key"), "{e}");
     }

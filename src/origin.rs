@@ -1,0 +1,1137 @@
+//! The caller's origin and the per-project origin policy (DESIGN §3, "Origin
+//! policy and CORS").
+//!
+//! Hosts are normalised once, at parse time, into the form a browser puts on
+//! the wire: ASCII lowercase, IDNs in their punycode (`xn--`) form, no
+//! trailing dot, IPv6 literals in brackets in RFC 5952 form. Config patterns
+//! go through the same normalisation, so matching on the request path is a
+//! byte comparison with no allocation and no case folding.
+//!
+//! Decisions recorded here (the brief left them open):
+//! - Unicode hosts are accepted in `Origin`, `Referer` and patterns and
+//!   converted with UTS #46 (the `idna` crate, as WHATWG URL does). Browsers
+//!   always send punycode, so a Unicode host only ever comes from a
+//!   non-browser client; accepting it keeps matching identical whichever
+//!   form is sent. Everything outside the host must be ASCII anyway.
+//! - `localhost` in a project's domains admits every loopback origin:
+//!   `localhost`, `*.localhost`, `127.0.0.0/8` and `[::1]`, over http or
+//!   https, on any port. A dev server is opened through any of these names
+//!   (tools print both `localhost` and `127.0.0.1`), and only software
+//!   already running on the visitor's machine can present such an origin.
+//!   Listing a literal loopback address (`127.0.0.1`, `[::1]`) admits that
+//!   address alone, also over http and on any port.
+//! - Non-loopback origins must be https; their port is ignored for matching
+//!   (a project lists hosts, and a site on `:8443` belongs to whoever owns the
+//!   host). The listing is checked before the scheme, so `insecure_scheme`
+//!   in metrics always means "a listed site reached us over plain http".
+//! - Patterns may be exact IP literals (`127.0.0.1`, `::1`, `[::1]`); a
+//!   wildcard can never cover an IP address.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// Longest `Origin` header value accepted. A serialised origin is at most
+/// scheme + 253-byte host + port, so anything near this is not a browser.
+pub const MAX_ORIGIN_LEN: usize = 2048;
+
+/// Longest `Referer` header value accepted. Chrome and Firefox cut the
+/// referrer down to its origin above 4096 bytes, so a longer one is not from
+/// a browser.
+pub const MAX_REFERER_LEN: usize = 4096;
+
+/// RFC 1035 limits, without the trailing root dot.
+const MAX_HOST_LEN: usize = 253;
+const MAX_LABEL_LEN: usize = 63;
+
+/// Room for `[` + the longest RFC 5952 text form (45 bytes) + `]`.
+const IPV6_TEXT_BUF: usize = 48;
+
+/// Why an `Origin` or `Referer` value could not be read as an origin.
+///
+/// Messages never quote the value: an origin may carry an IP literal.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OriginError {
+    /// The opaque origin (sandboxed frames, `file:` pages, cross-origin
+    /// redirects): there is no host to check.
+    #[error("the origin is the opaque origin \"null\"")]
+    Null,
+    #[error("empty value")]
+    Empty,
+    #[error("longer than {0} bytes")]
+    TooLong(usize),
+    /// Control characters, whitespace and DEL are never part of a
+    /// serialised origin or URL.
+    #[error("invalid character {0:?}")]
+    InvalidChar(char),
+    #[error("no scheme (expected http:// or https://)")]
+    MissingScheme,
+    #[error("the scheme is not http or https")]
+    UnsupportedScheme,
+    #[error("expected \"//\" after the scheme")]
+    MissingSlashes,
+    /// Browsers never put `user:password@` in an origin or a referrer; echoing
+    /// one back in `Access-Control-Allow-Origin` would leak it.
+    #[error("user information (\"user@\") is not allowed")]
+    UserInfo,
+    #[error("an origin has no path, query or fragment")]
+    TrailingData,
+    #[error("invalid port (expected 1 to 65535)")]
+    InvalidPort,
+    #[error("invalid host: {0}")]
+    Host(#[from] HostError),
+}
+
+/// Why a host (of an origin or of a domain pattern) is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum HostError {
+    #[error("empty host")]
+    Empty,
+    #[error("invalid character {0:?}")]
+    InvalidChar(char),
+    #[error("empty label (a leading dot or two dots in a row)")]
+    EmptyLabel,
+    #[error("a label is longer than {MAX_LABEL_LEN} bytes")]
+    LabelTooLong,
+    #[error("longer than {MAX_HOST_LEN} bytes")]
+    TooLong,
+    #[error("not a valid internationalised domain name")]
+    Idna,
+    /// The last label is a number, so the host can only be an IPv4 address,
+    /// and it is not one in dotted-decimal form (`127.1`, `0x7f.0.0.1` and
+    /// `01.2.3.4` are refused rather than guessed at).
+    #[error("ends in a number but is not a dotted-decimal IPv4 address")]
+    InvalidIpv4,
+    #[error("not a valid bracketed IPv6 address")]
+    InvalidIpv6,
+}
+
+/// Why a configured domain pattern is not acceptable. Every message starts
+/// with the pattern as written, quoted; config.rs adds the file and key.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DomainError {
+    #[error("{0:?}: empty domain")]
+    Empty(String),
+    #[error("{0:?}: empty domain after wildcard")]
+    EmptyAfterWildcard(String),
+    #[error("{0:?}: wildcard only allowed as the whole first label, as in \"*.example.com\"")]
+    WildcardPlacement(String),
+    #[error("{0:?}: a domain, not a URL (write only the host, as in \"example.com\")")]
+    Url(String),
+    #[error("{0:?}: a port is not allowed (ports do not matter for matching)")]
+    Port(String),
+    #[error("{0:?}: a wildcard cannot cover an IP address")]
+    WildcardIp(String),
+    /// nginx's `.example.com` means "and subdomains"; here that is spelled
+    /// with two entries, so say so rather than report an empty label.
+    #[error(
+        "{0:?}: leading dot (write \"*.example.com\" for subdomains, \"example.com\" for the host)"
+    )]
+    LeadingDot(String),
+    #[error("{0:?}: {1}")]
+    Host(String, HostError),
+}
+
+/// The two schemes an allowed origin can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    /// The lowercase scheme name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKind {
+    Domain,
+    Ipv4,
+    Ipv6,
+}
+
+/// Where the normalised host lives: in the common case it is already a
+/// slice of the raw value and costs no second allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostText {
+    InRaw { start: usize, end: usize },
+    Owned(Box<str>),
+}
+
+/// A parsed browser origin: `http` or `https`, a normalised host, an
+/// optional non-default port, and the exact text it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    raw: Box<str>,
+    scheme: Scheme,
+    host: HostText,
+    kind: HostKind,
+    port: Option<u16>,
+    loopback: bool,
+}
+
+impl Origin {
+    /// The origin exactly as received: the whole `Origin` header, or the
+    /// `scheme://host[:port]` prefix of a `Referer`.
+    /// `Access-Control-Allow-Origin` must echo this, not a normalised form,
+    /// because the browser compares it byte for byte with what it sent.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// The normalised host: lowercase ASCII, punycode, no trailing dot;
+    /// IPv6 literals in brackets.
+    pub fn host(&self) -> &str {
+        match &self.host {
+            // Ranges are taken from `raw` at parse time, on ASCII bytes, so
+            // `get` cannot miss; an empty host would only ever be refused.
+            HostText::InRaw { start, end } => self.raw.get(*start..*end).unwrap_or_default(),
+            HostText::Owned(host) => host,
+        }
+    }
+
+    /// The explicit port, or `None` when absent or the scheme's default.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// Whether the host is `localhost`, `*.localhost`, `127.0.0.0/8` or
+    /// `[::1]` (see [`is_loopback_host`]).
+    pub fn is_loopback(&self) -> bool {
+        self.loopback
+    }
+
+    /// Whether the host is an IP literal rather than a domain name.
+    pub fn is_ip(&self) -> bool {
+        self.kind != HostKind::Domain
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// Parses an `Origin` header value: `scheme://host[:port]` and nothing else.
+///
+/// Unicode hosts are accepted and converted to punycode (see the module
+/// docs); `as_str()` still returns the value unchanged.
+pub fn parse_origin(value: &str) -> Result<Origin, OriginError> {
+    if value.eq_ignore_ascii_case("null") {
+        return Err(OriginError::Null);
+    }
+    let parts = parse_parts(value, MAX_ORIGIN_LEN)?;
+    if parts.end != value.len() {
+        return Err(OriginError::TrailingData);
+    }
+    Ok(parts.into_origin(value))
+}
+
+/// The origin of a full URL as sent in `Referer` (path, query and fragment
+/// allowed and ignored). `as_str()` is the `scheme://host[:port]` prefix as
+/// it appeared.
+pub fn origin_of_referer(value: &str) -> Result<Origin, OriginError> {
+    let parts = parse_parts(value, MAX_REFERER_LEN)?;
+    let end = parts.end;
+    Ok(parts.into_origin(&value[..end]))
+}
+
+struct Parts<'a> {
+    scheme: Scheme,
+    host: NormHost<'a>,
+    host_start: usize,
+    port: Option<u16>,
+    /// Byte offset where the authority ends (path, query, fragment or end).
+    end: usize,
+}
+
+impl Parts<'_> {
+    /// `raw` is the prefix of the parsed value that the origin keeps; it
+    /// always contains the host, so `host_start` stays valid in it.
+    fn into_origin(self, raw: &str) -> Origin {
+        let host = match self.host.text {
+            Cow::Borrowed(text) => HostText::InRaw {
+                start: self.host_start,
+                end: self.host_start + text.len(),
+            },
+            Cow::Owned(text) => HostText::Owned(text.into_boxed_str()),
+        };
+        Origin {
+            raw: raw.into(),
+            scheme: self.scheme,
+            host,
+            kind: self.host.kind,
+            port: self.port,
+            loopback: self.host.loopback,
+        }
+    }
+}
+
+fn parse_parts(value: &str, max_len: usize) -> Result<Parts<'_>, OriginError> {
+    if value.is_empty() {
+        return Err(OriginError::Empty);
+    }
+    if value.len() > max_len {
+        return Err(OriginError::TooLong(max_len));
+    }
+    if let Some(b) = value.bytes().find(|&b| b <= b' ' || b == 0x7f) {
+        return Err(OriginError::InvalidChar(char::from(b)));
+    }
+
+    let colon = value.find(':').ok_or(OriginError::MissingScheme)?;
+    let scheme_text = &value[..colon];
+    if !is_scheme(scheme_text) {
+        return Err(OriginError::MissingScheme);
+    }
+    let scheme = if scheme_text.eq_ignore_ascii_case("https") {
+        Scheme::Https
+    } else if scheme_text.eq_ignore_ascii_case("http") {
+        Scheme::Http
+    } else {
+        return Err(OriginError::UnsupportedScheme);
+    };
+    let authority_start = colon + 1 + "//".len();
+    if !value[colon + 1..].starts_with("//") {
+        return Err(OriginError::MissingSlashes);
+    }
+
+    let rest = &value[authority_start..];
+    let authority_len = rest
+        .bytes()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    if authority.contains('@') {
+        return Err(OriginError::UserInfo);
+    }
+
+    let (host_text, port_text) = split_host_port(authority)?;
+    let host = normalize_host(host_text)?;
+    let port = match port_text {
+        None => None,
+        Some(text) => parse_port(text, scheme)?,
+    };
+    Ok(Parts {
+        scheme,
+        host,
+        host_start: authority_start,
+        port,
+        end: authority_start + authority_len,
+    })
+}
+
+/// RFC 3986 `scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`.
+fn is_scheme(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), OriginError> {
+    if authority.starts_with('[') {
+        let close = authority.find(']').ok_or(HostError::InvalidIpv6)?;
+        let (host, after) = authority.split_at(close + 1);
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((host, Some(port))),
+                None => Err(HostError::InvalidIpv6.into()),
+            },
+        };
+    }
+    Ok(match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    })
+}
+
+/// A default port counts as no port, as in the origin serialisation.
+fn parse_port(text: &str, scheme: Scheme) -> Result<Option<u16>, OriginError> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(OriginError::InvalidPort);
+    }
+    let port: u32 = text.parse().map_err(|_| OriginError::InvalidPort)?;
+    match u16::try_from(port) {
+        Ok(0) | Err(_) => Err(OriginError::InvalidPort),
+        Ok(port) if port == scheme.default_port() => Ok(None),
+        Ok(port) => Ok(Some(port)),
+    }
+}
+
+struct NormHost<'a> {
+    /// Borrowed only when it is a prefix of the input (at most a trailing
+    /// dot was dropped).
+    text: Cow<'a, str>,
+    kind: HostKind,
+    loopback: bool,
+}
+
+/// Bytes of an already normalised host name. `_` is allowed because
+/// browsers accept it in hosts (it is not a WHATWG forbidden code point).
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+}
+
+fn normalize_host(input: &str) -> Result<NormHost<'_>, HostError> {
+    if input.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if input.starts_with('[') {
+        return normalize_ipv6(input);
+    }
+    let text: Cow<'_, str> = if input.bytes().all(is_host_byte) {
+        // The fast path: what browsers send. No IDN work, no allocation.
+        Cow::Borrowed(input)
+    } else {
+        // Refuse stray ASCII before UTS #46 so the error names the character.
+        if let Some(c) = input
+            .chars()
+            .find(|c| c.is_ascii() && !is_host_byte(c.to_ascii_lowercase() as u8))
+        {
+            return Err(HostError::InvalidChar(c));
+        }
+        if input.is_ascii() {
+            Cow::Owned(input.to_ascii_lowercase())
+        } else {
+            Cow::Owned(idna_to_ascii(input)?)
+        }
+    };
+    let text = match text {
+        Cow::Borrowed(s) => Cow::Borrowed(s.strip_suffix('.').unwrap_or(s)),
+        Cow::Owned(mut s) => {
+            if s.ends_with('.') {
+                s.pop();
+            }
+            Cow::Owned(s)
+        }
+    };
+    check_ascii_host(&text)?;
+
+    let last_label = text.rsplit('.').next().unwrap_or_default();
+    if is_numeric_label(last_label) {
+        let ip: Ipv4Addr = text.parse().map_err(|_| HostError::InvalidIpv4)?;
+        return Ok(NormHost {
+            text,
+            kind: HostKind::Ipv4,
+            loopback: ip.is_loopback(),
+        });
+    }
+    let loopback = is_localhost_name(&text);
+    Ok(NormHost {
+        text,
+        kind: HostKind::Domain,
+        loopback,
+    })
+}
+
+/// `input` is `[...]`, brackets included. Normalises to RFC 5952 text in
+/// brackets, which is what browsers serialise.
+fn normalize_ipv6(input: &str) -> Result<NormHost<'_>, HostError> {
+    let inner = input
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .ok_or(HostError::InvalidIpv6)?;
+    let addr: Ipv6Addr = inner.parse().map_err(|_| HostError::InvalidIpv6)?;
+    let loopback = addr.to_canonical().is_loopback();
+
+    let mut buf = [0u8; IPV6_TEXT_BUF];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "[{addr}]").map_err(|_| HostError::InvalidIpv6)?;
+    let len = usize::try_from(cursor.position()).map_err(|_| HostError::InvalidIpv6)?;
+    let canonical = buf.get(..len).ok_or(HostError::InvalidIpv6)?;
+    let text = if canonical == input.as_bytes() {
+        Cow::Borrowed(input)
+    } else {
+        let canonical = std::str::from_utf8(canonical).map_err(|_| HostError::InvalidIpv6)?;
+        Cow::Owned(canonical.to_owned())
+    };
+    Ok(NormHost {
+        text,
+        kind: HostKind::Ipv6,
+        loopback,
+    })
+}
+
+/// UTS #46 ToASCII with the WHATWG URL settings (no hyphen checks, URL deny
+/// list); lengths are checked afterwards by [`check_ascii_host`].
+fn idna_to_ascii(input: &str) -> Result<String, HostError> {
+    idna::uts46::Uts46::new()
+        .to_ascii(
+            input.as_bytes(),
+            idna::AsciiDenyList::URL,
+            idna::uts46::Hyphens::Allow,
+            idna::uts46::DnsLength::Ignore,
+        )
+        .map(Cow::into_owned)
+        .map_err(|_| HostError::Idna)
+}
+
+/// Final shape check of a normalised host (no trailing dot).
+fn check_ascii_host(host: &str) -> Result<(), HostError> {
+    if host.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|&c| !c.is_ascii() || !is_host_byte(c as u8))
+    {
+        return Err(HostError::InvalidChar(c));
+    }
+    if host.len() > MAX_HOST_LEN {
+        return Err(HostError::TooLong);
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err(HostError::EmptyLabel);
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(HostError::LabelTooLong);
+        }
+    }
+    Ok(())
+}
+
+/// WHATWG URL "ends in a number": such a host is parsed as IPv4 or refused.
+fn is_numeric_label(label: &str) -> bool {
+    let hex = label
+        .strip_prefix("0x")
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_localhost_name(host: &str) -> bool {
+    const SUFFIX: &[u8] = b".localhost";
+    let bytes = host.as_bytes();
+    host.eq_ignore_ascii_case("localhost")
+        || (bytes.len() > SUFFIX.len()
+            && bytes[bytes.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
+}
+
+/// Whether `host` is a loopback host: `localhost`, any `*.localhost`
+/// (RFC 6761 reserves the whole tree for loopback), an address in
+/// `127.0.0.0/8`, or `::1` (bracketed or not; IPv4-mapped loopback counts
+/// too). Meant for normalised hosts, but tolerant of case and one trailing
+/// dot.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let ip_text = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match ip_text.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => is_localhost_name(host),
+    }
+}
+
+/// One entry of a project's `domains` list, normalised like origin hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DomainPattern {
+    /// Exactly this host: a domain, a dotted IPv4 address, or a bracketed
+    /// IPv6 address.
+    Exact(String),
+    /// Any host strictly below this domain, at any depth, but not the domain
+    /// itself: `*.example.com` is stored as `Wildcard("example.com")`.
+    Wildcard(String),
+}
+
+impl DomainPattern {
+    /// Parses a config value: `example.com`, `*.example.com`, `localhost`,
+    /// `127.0.0.1`, `::1` or `[::1]`. Unicode domains are converted to
+    /// punycode; case and a trailing dot are ignored.
+    pub fn parse(s: &str) -> Result<DomainPattern, DomainError> {
+        let owned = || s.to_owned();
+        if s.is_empty() {
+            return Err(DomainError::Empty(owned()));
+        }
+        if s.contains("://") || s.contains(['/', '?', '#']) {
+            return Err(DomainError::Url(owned()));
+        }
+        let (wildcard, rest) = match s.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None if s == "*" => return Err(DomainError::EmptyAfterWildcard(owned())),
+            None => (false, s),
+        };
+        if rest.contains('*') {
+            return Err(DomainError::WildcardPlacement(owned()));
+        }
+        if rest.len() > 1 && rest.starts_with('.') {
+            return Err(DomainError::LeadingDot(owned()));
+        }
+        if rest.is_empty() || rest == "." {
+            return Err(if wildcard {
+                DomainError::EmptyAfterWildcard(owned())
+            } else {
+                DomainError::Empty(owned())
+            });
+        }
+
+        let bracketed;
+        let host_text = if rest.starts_with('[') {
+            if rest
+                .find(']')
+                .is_some_and(|close| rest[close + 1..].starts_with(':'))
+            {
+                return Err(DomainError::Port(owned()));
+            }
+            rest
+        } else if let Some((_, after)) = rest.rsplit_once(':') {
+            if rest.parse::<Ipv6Addr>().is_ok() {
+                bracketed = format!("[{rest}]");
+                &bracketed
+            } else if !after.is_empty() && after.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(DomainError::Port(owned()));
+            } else {
+                return Err(DomainError::Host(owned(), HostError::InvalidChar(':')));
+            }
+        } else {
+            rest
+        };
+
+        let host = normalize_host(host_text).map_err(|e| DomainError::Host(owned(), e))?;
+        if wildcard && host.kind != HostKind::Domain {
+            return Err(DomainError::WildcardIp(owned()));
+        }
+        // Origins skip IDN validation on their fast path, but a pattern is
+        // read once: a mistyped `xn--` label is worth an error here.
+        if host.text.split('.').any(|label| label.starts_with("xn--"))
+            && idna_to_ascii(&host.text).ok().as_deref() != Some(&*host.text)
+        {
+            return Err(DomainError::Host(owned(), HostError::Idna));
+        }
+        let text = host.text.into_owned();
+        Ok(if wildcard {
+            DomainPattern::Wildcard(text)
+        } else {
+            DomainPattern::Exact(text)
+        })
+    }
+
+    /// Whether a normalised host (as from [`Origin::host`]) matches.
+    ///
+    /// A wildcard cannot match an IP literal: its domain never ends in a
+    /// numeric label or `]`, which every IP host does.
+    pub fn matches_host(&self, host: &str) -> bool {
+        match self {
+            DomainPattern::Exact(exact) => host == exact,
+            DomainPattern::Wildcard(domain) => {
+                host.len() > domain.len() + 1
+                    && host.ends_with(domain.as_str())
+                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            }
+        }
+    }
+
+    /// Whether this is the `localhost` entry that admits all loopback origins.
+    pub fn is_localhost(&self) -> bool {
+        matches!(self, DomainPattern::Exact(host) if host == "localhost")
+    }
+}
+
+impl FromStr for DomainPattern {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DomainPattern::parse(s)
+    }
+}
+
+/// The normalised form, which parses back to the same pattern.
+impl fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainPattern::Exact(host) => f.write_str(host),
+            DomainPattern::Wildcard(domain) => write!(f, "*.{domain}"),
+        }
+    }
+}
+
+/// The outcome of the origin policy for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Allow,
+    Deny(DenyReason),
+}
+
+/// Why a request was refused with 403. Every variant gets the same answer
+/// body and status; the reason is for metrics and debugging only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// Neither `Origin` nor `Referer` was sent.
+    NoOrigin,
+    /// `Origin: null`: a sandboxed frame, a `file:` page or a cross-origin
+    /// redirect. Its own label because it is a common, fixable surprise for
+    /// site owners and unlike `malformed` is not an attack signal.
+    NullOrigin,
+    /// The header was there but is not an http(s) origin.
+    Malformed,
+    /// A listed non-loopback host over plain http.
+    InsecureScheme,
+    /// The host is not in the project's domains.
+    NotListed,
+    /// The `pid` names no project. Decided by the caller; it answers the
+    /// same 403 as `NotListed` so projects cannot be enumerated.
+    UnknownProject,
+}
+
+impl DenyReason {
+    /// Every reason, for registering metric label values up front.
+    pub const ALL: [DenyReason; 6] = [
+        DenyReason::NoOrigin,
+        DenyReason::NullOrigin,
+        DenyReason::Malformed,
+        DenyReason::InsecureScheme,
+        DenyReason::NotListed,
+        DenyReason::UnknownProject,
+    ];
+
+    /// A bounded Prometheus label value.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            DenyReason::NoOrigin => "no_origin",
+            DenyReason::NullOrigin => "null_origin",
+            DenyReason::Malformed => "malformed",
+            DenyReason::InsecureScheme => "insecure_scheme",
+            DenyReason::NotListed => "not_listed",
+            DenyReason::UnknownProject => "unknown_project",
+        }
+    }
+}
+
+/// Applies a project's domain list to a caller origin (rules in the module
+/// docs): the host must be listed, and the scheme must be https unless the
+/// host is loopback.
+pub fn decide(domains: &[DomainPattern], origin: &Origin) -> Decision {
+    let host = origin.host();
+    let listed = domains.iter().any(|pattern| pattern.matches_host(host));
+    if origin.is_loopback() {
+        if listed || domains.iter().any(DomainPattern::is_localhost) {
+            Decision::Allow
+        } else {
+            Decision::Deny(DenyReason::NotListed)
+        }
+    } else if !listed {
+        Decision::Deny(DenyReason::NotListed)
+    } else if origin.scheme() != Scheme::Https {
+        Decision::Deny(DenyReason::InsecureScheme)
+    } else {
+        Decision::Allow
+    }
+}
+
+/// The caller's origin from raw header values: `Origin` if present, else the
+/// origin of `Referer`, else [`DenyReason::NoOrigin`]. Pass the first value
+/// of each header. Surrounding whitespace is dropped (RFC 9110 §5.5);
+/// bytes that are not UTF-8 or do not parse give `Malformed`, and
+/// `Origin: null` gives `NullOrigin`.
+///
+/// A present `Origin` is final, even when unusable: the browser sets it and
+/// nothing in the page can change it, whereas `Referer` is subject to
+/// referrer policy and, for an opaque (`null`) origin, would name a document
+/// the browser deliberately withheld. Falling back would let the weaker
+/// header overrule the stronger one.
+pub fn caller_origin(
+    origin_header: Option<&[u8]>,
+    referer_header: Option<&[u8]>,
+) -> Result<Origin, DenyReason> {
+    if let Some(value) = origin_header {
+        let value = std::str::from_utf8(value.trim_ascii()).map_err(|_| DenyReason::Malformed)?;
+        return parse_origin(value).map_err(|e| match e {
+            OriginError::Null => DenyReason::NullOrigin,
+            _ => DenyReason::Malformed,
+        });
+    }
+    let value = referer_header.ok_or(DenyReason::NoOrigin)?;
+    let value = std::str::from_utf8(value.trim_ascii()).map_err(|_| DenyReason::Malformed)?;
+    origin_of_referer(value).map_err(|_| DenyReason::Malformed)
+}
+
+/// [`caller_origin`] then [`decide`]: the origin to echo in
+/// `Access-Control-Allow-Origin`, or why the request is refused.
+pub fn allowed_origin(
+    domains: &[DomainPattern],
+    origin_header: Option<&[u8]>,
+    referer_header: Option<&[u8]>,
+) -> Result<Origin, DenyReason> {
+    let origin = caller_origin(origin_header, referer_header)?;
+    match decide(domains, &origin) {
+        Decision::Allow => Ok(origin),
+        Decision::Deny(reason) => Err(reason),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
+mod tests {
+    use super::*;
+
+    fn patterns(list: &[&str]) -> Vec<DomainPattern> {
+        list.iter()
+            .map(|s| DomainPattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}")))
+            .collect()
+    }
+
+    const ALLOW: Result<(), DenyReason> = Ok(());
+    const NOT_LISTED: Result<(), DenyReason> = Err(DenyReason::NotListed);
+    const MALFORMED: Result<(), DenyReason> = Err(DenyReason::Malformed);
+    const INSECURE: Result<(), DenyReason> = Err(DenyReason::InsecureScheme);
+
+    /// (name, project domains, Origin, Referer, expected outcome)
+    type PolicyCase<'a> = (
+        &'a str,
+        &'a [&'a str],
+        Option<&'a str>,
+        Option<&'a str>,
+        Result<(), DenyReason>,
+    );
+
+    /// The whole request path: headers in, allow or the deny reason out.
+    #[test]
+    fn policy_table() {
+        let site = ["example.com", "*.example.com"];
+        let sub_only = ["*.example.com"];
+        let dev = ["localhost", "example.com"];
+        let long_label = format!("https://{}.example.com", "a".repeat(64));
+        let long_value = format!("https://example.com{}", "a".repeat(MAX_ORIGIN_LEN));
+        let long_host = format!("https://{}example.com", "abcdefghi.".repeat(25));
+        #[rustfmt::skip]
+        let cases: Vec<PolicyCase> = vec![
+            // exact, wildcard, apex, depth
+            ("exact apex", &site, Some("https://example.com"), None, ALLOW),
+            ("exact only, not sub", &["example.com"], Some("https://www.example.com"), None, NOT_LISTED),
+            ("wildcard one level", &sub_only, Some("https://www.example.com"), None, ALLOW),
+            ("wildcard deep", &sub_only, Some("https://a.b.c.example.com"), None, ALLOW),
+            ("wildcard not apex", &sub_only, Some("https://example.com"), None, NOT_LISTED),
+            ("other domain", &site, Some("https://example.org"), None, NOT_LISTED),
+            // suffix tricks
+            ("suffix without dot", &site, Some("https://evilexample.com"), None, NOT_LISTED),
+            ("suffix without dot, wildcard", &sub_only, Some("https://www.evilexample.com"), None, NOT_LISTED),
+            ("listed domain as prefix", &site, Some("https://example.com.evil.net"), None, NOT_LISTED),
+            ("wildcard domain as prefix", &sub_only, Some("https://www.example.com.evil.net"), None, NOT_LISTED),
+            ("leading dot origin", &site, Some("https://.example.com"), None, MALFORMED),
+            // ports
+            ("https non-default port", &site, Some("https://example.com:8443"), None, ALLOW),
+            ("https default port spelled", &site, Some("https://example.com:443"), None, ALLOW),
+            ("port 0", &site, Some("https://example.com:0"), None, MALFORMED),
+            ("port 65536", &site, Some("https://example.com:65536"), None, MALFORMED),
+            ("empty port", &site, Some("https://example.com:"), None, MALFORMED),
+            ("port not digits", &site, Some("https://example.com:8o"), None, MALFORMED),
+            // case and trailing dots
+            ("uppercase origin", &site, Some("HTTPS://WWW.EXAMPLE.COM"), None, ALLOW),
+            ("uppercase pattern", &["EXAMPLE.COM"], Some("https://example.com"), None, ALLOW),
+            ("trailing dot origin", &site, Some("https://example.com."), None, ALLOW),
+            ("trailing dot pattern", &["example.com."], Some("https://example.com"), None, ALLOW),
+            ("two trailing dots", &site, Some("https://example.com.."), None, MALFORMED),
+            // IDN both ways
+            ("unicode origin, punycode pattern", &["xn--bcher-kva.example"], Some("https://bücher.example"), None, ALLOW),
+            ("punycode origin, unicode pattern", &["bücher.example"], Some("https://xn--bcher-kva.example"), None, ALLOW),
+            ("unicode wildcard", &["*.bücher.example"], Some("https://shop.xn--bcher-kva.example"), None, ALLOW),
+            ("unicode lookalike not listed", &["bucher.example"], Some("https://bücher.example"), None, NOT_LISTED),
+            // null and malformed
+            ("null origin", &site, Some("null"), None, Err(DenyReason::NullOrigin)),
+            ("null does not fall back to referer", &site, Some("null"), Some("https://example.com/"), Err(DenyReason::NullOrigin)),
+            ("malformed origin does not fall back", &site, Some("example.com"), Some("https://example.com/"), MALFORMED),
+            ("missing scheme", &site, Some("example.com"), None, MALFORMED),
+            ("scheme only", &site, Some("https://"), None, MALFORMED),
+            ("empty host with path", &site, Some("https:///x"), None, MALFORMED),
+            ("single slash", &site, Some("https:/example.com"), None, MALFORMED),
+            ("userinfo", &site, Some("https://a@example.com"), None, MALFORMED),
+            ("userinfo hiding host", &site, Some("https://example.com@evil.net"), None, MALFORMED),
+            ("path in origin", &site, Some("https://example.com/"), None, MALFORMED),
+            ("query in origin", &site, Some("https://example.com?x"), None, MALFORMED),
+            ("space inside", &site, Some("https://exa mple.com"), None, MALFORMED),
+            ("NUL", &site, Some("https://example.com\0"), None, MALFORMED),
+            ("tab inside", &site, Some("https://example.com\t.evil"), None, MALFORMED),
+            ("too long", &site, Some(long_value.as_str()), None, MALFORMED),
+            ("label over 63", &sub_only, Some(long_label.as_str()), None, MALFORMED),
+            ("host over 253", &sub_only, Some(long_host.as_str()), None, MALFORMED),
+            ("backslash", &site, Some("https://example.com\\@evil.net"), None, MALFORMED),
+            ("percent in host", &site, Some("https://ex%61mple.com"), None, MALFORMED),
+            ("empty origin header", &site, Some(""), Some("https://example.com/"), MALFORMED),
+            ("surrounding whitespace trimmed", &site, Some(" https://example.com "), None, ALLOW),
+            // schemes
+            ("http refused for listed host", &site, Some("http://example.com"), None, INSECURE),
+            ("http unlisted host is not_listed", &site, Some("http://evil.net"), None, NOT_LISTED),
+            ("javascript scheme", &site, Some("javascript:alert(1)"), None, MALFORMED),
+            ("file scheme", &site, Some("file:///etc/passwd"), None, MALFORMED),
+            ("data scheme", &site, Some("data:text/html,hi"), None, MALFORMED),
+            ("ftp scheme", &site, Some("ftp://example.com"), None, MALFORMED),
+            // loopback
+            ("localhost http any port", &dev, Some("http://localhost:5173"), None, ALLOW),
+            ("localhost https", &dev, Some("https://localhost"), None, ALLOW),
+            ("sub.localhost via localhost", &dev, Some("http://app.localhost:3000"), None, ALLOW),
+            ("127.0.0.1 via localhost", &dev, Some("http://127.0.0.1:8080"), None, ALLOW),
+            ("127.1.2.3 via localhost", &dev, Some("http://127.1.2.3"), None, ALLOW),
+            ("[::1] via localhost", &dev, Some("http://[::1]:3000"), None, ALLOW),
+            ("localhost not listed", &site, Some("http://localhost:3000"), None, NOT_LISTED),
+            ("127.0.0.1 not listed", &site, Some("http://127.0.0.1"), None, NOT_LISTED),
+            ("literal ip listed", &["127.0.0.1"], Some("http://127.0.0.1:9000"), None, ALLOW),
+            ("other loopback ip not covered by literal", &["127.0.0.1"], Some("http://127.0.0.2"), None, NOT_LISTED),
+            ("literal ::1 listed", &["::1"], Some("http://[::1]:9000"), None, ALLOW),
+            ("localhost.example.com is not loopback", &["localhost", "*.example.com"], Some("http://localhost.example.com"), None, INSECURE),
+            ("public ip origin needs https", &["203.0.113.7"], Some("http://203.0.113.7"), None, INSECURE),
+            ("public ip origin https", &["203.0.113.7"], Some("https://203.0.113.7"), None, ALLOW),
+            ("non-canonical ipv4 refused", &dev, Some("http://127.1"), None, MALFORMED),
+            // Referer
+            ("referer with path query fragment", &site, None, Some("https://www.example.com/a/b?c=d#e"), ALLOW),
+            ("referer of other site", &site, None, Some("https://evil.net/?https://example.com"), NOT_LISTED),
+            ("referer http refused", &site, None, Some("http://example.com/page"), INSECURE),
+            ("referer with userinfo", &site, None, Some("https://u:p@example.com/"), MALFORMED),
+            ("referer garbage", &site, None, Some("not a url"), MALFORMED),
+            ("both absent", &site, None, None, Err(DenyReason::NoOrigin)),
+            ("origin wins over referer", &site, Some("https://evil.net"), Some("https://example.com/"), NOT_LISTED),
+        ];
+        assert!(cases.len() >= 40);
+        for (name, domains, origin, referer, expected) in cases {
+            let domains = patterns(domains);
+            let got = allowed_origin(
+                &domains,
+                origin.map(str::as_bytes),
+                referer.map(str::as_bytes),
+            )
+            .map(|_| ());
+            assert_eq!(
+                got, expected,
+                "{name}: origin={origin:?} referer={referer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        let domains = patterns(&["example.com"]);
+        let bad: &[u8] = b"https://exa\xffmple.com";
+        assert_eq!(caller_origin(Some(bad), None), Err(DenyReason::Malformed));
+        assert_eq!(caller_origin(None, Some(bad)), Err(DenyReason::Malformed));
+        assert!(allowed_origin(&domains, Some(b"https://example.com"), None).is_ok());
+    }
+
+    /// What the caller echoes and what matching sees.
+    #[test]
+    fn parsed_parts() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, Scheme, &str, Option<u16>)] = &[
+            ("https://example.com", "https://example.com", Scheme::Https, "example.com", None),
+            ("HTTPS://Example.COM.", "HTTPS://Example.COM.", Scheme::Https, "example.com", None),
+            ("http://example.com:80", "http://example.com:80", Scheme::Http, "example.com", None),
+            ("http://example.com:443", "http://example.com:443", Scheme::Http, "example.com", Some(443)),
+            ("https://example.com:08443", "https://example.com:08443", Scheme::Https, "example.com", Some(8443)),
+            ("https://bücher.example", "https://bücher.example", Scheme::Https, "xn--bcher-kva.example", None),
+            ("http://[::1]:3000", "http://[::1]:3000", Scheme::Http, "[::1]", Some(3000)),
+            ("http://[0:0::1]", "http://[0:0::1]", Scheme::Http, "[::1]", None),
+            ("http://[::FFFF:7f00:1]", "http://[::FFFF:7f00:1]", Scheme::Http, "[::ffff:127.0.0.1]", None),
+            ("https://my_host.example.com", "https://my_host.example.com", Scheme::Https, "my_host.example.com", None),
+        ];
+        for &(input, raw, scheme, host, port) in cases {
+            let o = parse_origin(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(
+                (o.as_str(), o.scheme(), o.host(), o.port()),
+                (raw, scheme, host, port),
+                "{input}"
+            );
+            assert_eq!(o.to_string(), raw);
+        }
+    }
+
+    #[test]
+    fn referer_origin_is_the_prefix_as_sent() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, &str)] = &[
+            ("https://Example.com/path?q=1#frag", "https://Example.com", "example.com"),
+            ("https://example.com:8443?q", "https://example.com:8443", "example.com"),
+            ("http://localhost:5173#/route", "http://localhost:5173", "localhost"),
+            ("https://example.com", "https://example.com", "example.com"),
+            ("https://[::1]:8/x", "https://[::1]:8", "[::1]"),
+        ];
+        for &(input, raw, host) in cases {
+            let o = origin_of_referer(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!((o.as_str(), o.host()), (raw, host), "{input}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_REFERER_LEN));
+        assert_eq!(
+            origin_of_referer(&long),
+            Err(OriginError::TooLong(MAX_REFERER_LEN))
+        );
+        // Long enough to be refused as an Origin, still fine as a Referer.
+        let medium = format!("https://example.com/{}", "a".repeat(MAX_ORIGIN_LEN));
+        assert!(origin_of_referer(&medium).is_ok());
+    }
+
+    #[test]
+    fn origin_errors_are_specific() {
+        #[rustfmt::skip]
+        let cases: &[(&str, OriginError)] = &[
+            ("null", OriginError::Null),
+            ("", OriginError::Empty),
+            ("example.com", OriginError::MissingScheme),
+            ("://example.com", OriginError::MissingScheme),
+            ("javascript:alert(1)", OriginError::UnsupportedScheme),
+            ("https:example.com", OriginError::MissingSlashes),
+            ("https://", OriginError::Host(HostError::Empty)),
+            ("https:///x", OriginError::Host(HostError::Empty)),
+            ("https://a@b.com", OriginError::UserInfo),
+            ("https://b.com/", OriginError::TrailingData),
+            ("https://b.com#", OriginError::TrailingData),
+            ("https://exa mple.com", OriginError::InvalidChar(' ')),
+            ("https://b.com\0", OriginError::InvalidChar('\0')),
+            ("https://b.com\x7f", OriginError::InvalidChar('\x7f')),
+            ("https://b.com:99999", OriginError::InvalidPort),
+            ("https://b.com:123456", OriginError::InvalidPort),
+            ("https://b.com:1:2", OriginError::InvalidPort),
+            ("https://a..b.com", OriginError::Host(HostError::EmptyLabel)),
+            ("https://a*b.com", OriginError::Host(HostError::InvalidChar('*'))),
+            ("https://1.2.3.999", OriginError::Host(HostError::InvalidIpv4)),
+            ("https://1.2.3.0x4", OriginError::Host(HostError::InvalidIpv4)),
+            ("https://[::1", OriginError::Host(HostError::InvalidIpv6)),
+            ("https://[::1]x", OriginError::Host(HostError::InvalidIpv6)),
+            ("https://[fe80::1%25eth0]", OriginError::Host(HostError::InvalidIpv6)),
+            ("https://xn--a.example\u{ad}x", OriginError::Host(HostError::Idna)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                parse_origin(input).as_ref().err(),
+                Some(expected),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn origin_error_messages_never_quote_the_value() {
+        for input in [
+            "https://203.0.113.7/x",
+            "https://203.0.113.7:0",
+            "https://u@203.0.113.7",
+        ] {
+            let message = parse_origin(input).map(|_| ()).unwrap_err().to_string();
+            assert!(!message.contains("203.0.113.7"), "{message}");
+        }
+    }
+
+    #[test]
+    fn fast_path_borrows_the_host() {
+        let o = parse_origin("https://www.example.com:8443").unwrap();
+        assert!(matches!(o.host, HostText::InRaw { .. }));
+        assert_eq!(o.host(), "www.example.com");
+        let o = parse_origin("https://Www.Example.com").unwrap();
+        assert!(matches!(o.host, HostText::Owned(_)));
+        let o = parse_origin("http://[::1]").unwrap();
+        assert!(matches!(o.host, HostText::InRaw { .. }));
+    }
+
+    #[test]
+    fn domain_pattern_parses() {
+        #[rustfmt::skip]
+        let cases: &[(&str, DomainPattern)] = &[
+            ("example.com", DomainPattern::Exact("example.com".into())),
+            ("Example.COM.", DomainPattern::Exact("example.com".into())),
+            ("*.example.com", DomainPattern::Wildcard("example.com".into())),
+            ("*.Sub.Example.com", DomainPattern::Wildcard("sub.example.com".into())),
+            ("localhost", DomainPattern::Exact("localhost".into())),
+            ("*.localhost", DomainPattern::Wildcard("localhost".into())),
+            ("bücher.example", DomainPattern::Exact("xn--bcher-kva.example".into())),
+            ("XN--BCHER-KVA.example", DomainPattern::Exact("xn--bcher-kva.example".into())),
+            ("127.0.0.1", DomainPattern::Exact("127.0.0.1".into())),
+            ("::1", DomainPattern::Exact("[::1]".into())),
+            ("[0::1]", DomainPattern::Exact("[::1]".into())),
+        ];
+        for (input, expected) in cases {
+            let got = DomainPattern::parse(input).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&got, expected, "{input}");
+            assert_eq!(
+                got.to_string().parse::<DomainPattern>().as_ref(),
+                Ok(expected)
+            );
+        }
+    }
+
+    #[test]
+    fn domain_pattern_errors_read_well() {
+        let long_label = format!("{}.com", "a".repeat(64));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, &str)> = vec![
+            ("", r#""": empty domain"#),
+            (".", r#"".": empty domain"#),
+            ("*.", r#""*.": empty domain after wildcard"#),
+            ("*", r#""*": empty domain after wildcard"#),
+            ("a*.b.com", r#""a*.b.com": wildcard only allowed as the whole first label, as in "*.example.com""#),
+            ("*.*.b.com", r#""*.*.b.com": wildcard only allowed as the whole first label, as in "*.example.com""#),
+            ("b.*.com", r#""b.*.com": wildcard only allowed as the whole first label, as in "*.example.com""#),
+            ("*example.com", r#""*example.com": wildcard only allowed as the whole first label, as in "*.example.com""#),
+            ("exa mple.com", r#""exa mple.com": invalid character ' '"#),
+            ("https://x.com", r#""https://x.com": a domain, not a URL (write only the host, as in "example.com")"#),
+            ("x.com/path", r#""x.com/path": a domain, not a URL (write only the host, as in "example.com")"#),
+            ("example.com:8443", r#""example.com:8443": a port is not allowed (ports do not matter for matching)"#),
+            ("[::1]:80", r#""[::1]:80": a port is not allowed (ports do not matter for matching)"#),
+            ("localhost:", r#""localhost:": invalid character ':'"#),
+            ("*.1.2.3.4", r#""*.1.2.3.4": a wildcard cannot cover an IP address"#),
+            ("*.[::1]", r#""*.[::1]": a wildcard cannot cover an IP address"#),
+            ("a..com", r#""a..com": empty label (a leading dot or two dots in a row)"#),
+            (".example.com", r#"".example.com": leading dot (write "*.example.com" for subdomains, "example.com" for the host)"#),
+            ("user@x.com", r#""user@x.com": invalid character '@'"#),
+            ("1.2.3.256", r#""1.2.3.256": ends in a number but is not a dotted-decimal IPv4 address"#),
+            ("xn--zz-.com", r#""xn--zz-.com": not a valid internationalised domain name"#),
+        ];
+        for (input, expected) in cases {
+            let got = DomainPattern::parse(input).map_err(|e| e.to_string());
+            assert_eq!(got, Err(expected.to_owned()), "{input:?}");
+        }
+        assert!(matches!(
+            DomainPattern::parse(&long_label),
+            Err(DomainError::Host(_, HostError::LabelTooLong))
+        ));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        #[rustfmt::skip]
+        let cases: &[(&str, bool)] = &[
+            ("localhost", true), ("LOCALHOST.", true), ("app.localhost", true),
+            ("127.0.0.1", true), ("127.255.0.9", true), ("[::1]", true), ("::1", true),
+            ("[::ffff:127.0.0.1]", true),
+            ("localhost.example.com", false), ("notlocalhost", false), ("128.0.0.1", false),
+            ("[::2]", false), ("0.0.0.0", false), ("bücher.localhost", true), ("ü", false),
+        ];
+        for &(host, expected) in cases {
+            assert_eq!(is_loopback_host(host), expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn deny_labels_are_distinct_and_bounded() {
+        let labels: Vec<&str> = DenyReason::ALL.iter().map(DenyReason::as_label).collect();
+        assert_eq!(
+            labels,
+            [
+                "no_origin",
+                "null_origin",
+                "malformed",
+                "insecure_scheme",
+                "not_listed",
+                "unknown_project"
+            ]
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! `visitord check`, `lookup`, `dev-cert`, `--version`, and start-up refusals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{run_cli, Options, Server, TestCa, CHROME_WINDOWS};
+
+/// A config folder with certificates, ready for `check`/`run`.
+fn prepared(o: &Options) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Server::prepare(dir.path(), o);
+    TestCa::new().leaf(&dir.path().join("tls"), "server", &["localhost"]);
+    (dir, config)
+}
+
+#[test]
+fn version_is_printed() {
+    let (ok, out, _) = run_cli(&["--version"]);
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        format!("visitord {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let (_dir, config) = prepared(&Options::default());
+    let (ok, out, err) = run_cli(&["check", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ok: 2 listener(s), 2 project(s), 1 database(s), 1 certificate(s)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_accepts_the_shipped_example() {
+    // The example's certificate is created by `dev-cert`; do that in a copy.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(conf.join("uap-core")).unwrap();
+    std::fs::create_dir_all(dir.path().join("geo-db")).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for f in ["visitord.toml", "projects.toml", "uap-core/regexes.yaml"] {
+        std::fs::copy(format!("{root}/conf/{f}"), conf.join(f)).unwrap();
+    }
+    std::fs::copy(
+        format!("{root}/geo-db/iptoasn-country.mmdb"),
+        dir.path().join("geo-db/iptoasn-country.mmdb"),
+    )
+    .unwrap();
+    let config = conf.join("visitord.toml");
+    let config = config.to_str().unwrap();
+    let (ok, _, err) = run_cli(&["check", "--config", config]);
+    assert!(!ok, "no certificate yet");
+    assert!(err.contains("tls/localhost.crt: cannot read"), "{err}");
+    let (ok, out, err) = run_cli(&["dev-cert", "--config", config]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote a self-signed certificate"), "{out}");
+    let (ok, out, err) = run_cli(&["check", "--config", config]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("1 project(s), 1 database(s), 1 certificate(s)"),
+        "{out}"
+    );
+    let (ok, out, _) = run_cli(&["dev-cert", "--config", config]);
+    assert!(ok);
+    assert!(out.contains("left as is"), "{out}");
+}
+
+/// Each broken input is refused, naming the file and the key or reason.
+#[test]
+fn check_refuses_bad_inputs_naming_file_and_key() {
+    type Breaker = fn(&std::path::Path);
+    let cases: &[(&str, Breaker, &str)] = &[
+        (
+            "unknown key",
+            |d| append(d, "visitord.toml", "\n[geo2]\nx = 1\n"),
+            "visitord.toml: geo2: unknown field `geo2`",
+        ),
+        (
+            "bad domain",
+            |d| {
+                std::fs::write(
+                    d.join("projects.toml"),
+                    "[[project]]\nid = \"a\"\ndomains = [\"ok.com\", \"*.\"]\n",
+                )
+                .unwrap()
+            },
+            "projects.toml: project[0].domains[1]",
+        ),
+        (
+            "missing database",
+            |d| std::fs::remove_file(d.join("fixture.mmdb")).unwrap(),
+            "fixture.mmdb",
+        ),
+        (
+            "garbage database",
+            |d| std::fs::write(d.join("fixture.mmdb"), b"not a database").unwrap(),
+            "fixture.mmdb",
+        ),
+        (
+            "key of another certificate",
+            |d| {
+                TestCa::new().leaf(&d.join("tls"), "other", &["localhost"]);
+                std::fs::rename(d.join("tls/other.key"), d.join("tls/server.key")).unwrap();
+            },
+            "server.key: does not",
+        ),
+        (
+            "missing certificate",
+            |d| std::fs::remove_file(d.join("tls/server.crt")).unwrap(),
+            "server.crt: cannot read",
+        ),
+        (
+            "broken user agent rules",
+            |d| {
+                std::fs::write(d.join("ua.yaml"), "user_agent_parsers: [{regex: '('}]\n").unwrap();
+                append(
+                    d,
+                    "visitord.toml",
+                    "\n[user_agent]\nregexes = \"ua.yaml\"\n",
+                );
+            },
+            "ua.yaml",
+        ),
+    ];
+    for (name, breaker, expected) in cases {
+        let (dir, config) = prepared(&Options::default());
+        breaker(dir.path());
+        let (ok, _, err) = run_cli(&["check", "--config", config.to_str().unwrap()]);
+        assert!(!ok, "{name}: accepted");
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(err.starts_with("visitord: "), "{name}: {err}");
+    }
+}
+
+fn append(dir: &std::path::Path, file: &str, text: &str) {
+    let path = dir.join(file);
+    let mut s = std::fs::read_to_string(&path).unwrap();
+    s.push_str(text);
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn lookup_prints_the_data_object() {
+    let (_dir, config) = prepared(&Options::default());
+    let (ok, out, err) = run_cli(&[
+        "lookup",
+        "81.2.69.142",
+        "--user-agent",
+        CHROME_WINDOWS,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ipAddress"], "81.2.69.142");
+    assert_eq!(v["countryCode"], "GB");
+    assert_eq!(v["city"], "London");
+    assert_eq!(v["browser"], "Chrome");
+    assert!(out.contains("\n  \"countryCode\""), "pretty printed: {out}");
+}
+
+#[test]
+fn lookup_with_the_shipped_database() {
+    let db = concat!(env!("CARGO_MANIFEST_DIR"), "/geo-db/iptoasn-country.mmdb");
+    let (_dir, config) = prepared(&Options {
+        databases: Some(vec![db.to_owned()]),
+        ..Options::default()
+    });
+    let config = config.to_str().unwrap();
+    for (ip, country) in [
+        ("8.8.8.8", "US"),
+        ("2001:4860:4860::8888", "US"),
+        ("::ffff:8.8.8.8", "US"),
+    ] {
+        let (ok, out, err) = run_cli(&["lookup", ip, "--config", config]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["countryCode"], country, "{ip}");
+    }
+    let (ok, _, err) = run_cli(&["lookup", "not-an-ip", "--config", config]);
+    assert!(!ok);
+    assert!(err.contains("invalid value 'not-an-ip'"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_busy_port_and_exits() {
+    let (_dir, config) = prepared(&Options::default());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let https: std::net::SocketAddr = text
+        .lines()
+        .find(|l| l.starts_with("addr"))
+        .and_then(|l| l.split('"').nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let _busy = std::net::TcpListener::bind(https).unwrap();
+    let out = Command::new(common::BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("listen[0].addr: cannot listen on {https}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_refuses_a_bad_certificate_and_exits() {
+    let (dir, config) = prepared(&Options::default());
+    std::fs::write(dir.path().join("tls/server.crt"), "garbage").unwrap();
+    let mut child = Command::new(common::BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("server.crt: no CERTIFICATE block"), "{err}");
+}
