@@ -164,8 +164,8 @@ fn allow_origin(answer: Answer, caller: &Origin) -> Answer {
         Ok(v) => answer
             .with_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, v)
             .with_header(header::VARY, HeaderValue::from_static("Origin")),
-        // parse_origin admits only visible ASCII, so this cannot happen; if it
-        // did, refusing is the safe answer.
+        // A browser's origin is visible ASCII; a value HeaderValue refuses
+        // cannot be echoed, so refusing is the safe answer.
         Err(_) => origin_refused(DenyReason::Malformed),
     }
 }

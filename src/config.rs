@@ -457,6 +457,22 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Every file a snapshot built from this configuration reads.
+    pub fn source_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.file.clone(), self.api.projects.clone()];
+        files.extend(self.geo.databases.iter().cloned());
+        if let Some(tls) = &self.tls {
+            for pair in &tls.certificates {
+                files.push(pair.cert.clone());
+                files.push(pair.key.clone());
+            }
+        }
+        files.extend(self.user_agent.regexes.iter().cloned());
+        files
+    }
+}
+
 impl Projects {
     /// Reads and validates `projects.toml`.
     pub fn load(file: &Path) -> Result<Projects, ConfigError> {

@@ -57,7 +57,7 @@ enum Command {
 
 fn main() -> ExitCode {
     install_abort_on_panic();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    visitord::logging::init();
     pingora::tls::install_default_crypto_provider();
 
     let Cli { command } = Cli::parse();

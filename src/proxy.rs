@@ -183,22 +183,6 @@ fn single_header(s: &Session, name: header::HeaderName) -> Option<&[u8]> {
     }
 }
 
-/// All lines of a list-valued header, comma-joined (RFC 9110 §5.3); borrowed
-/// in the usual single-line case.
-fn joined_header<'a>(s: &'a Session, name: &str) -> Option<Cow<'a, [u8]>> {
-    let mut values = s.req_header().headers.get_all(name).iter();
-    let first = values.next()?;
-    let Some(second) = values.next() else {
-        return Some(Cow::Borrowed(first.as_bytes()));
-    };
-    let mut joined = first.as_bytes().to_vec();
-    for v in std::iter::once(second).chain(values) {
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(v.as_bytes());
-    }
-    Some(Cow::Owned(joined))
-}
-
 fn peer_ip(s: &Session) -> IpAddr {
     s.client_addr()
         .and_then(|a| a.as_inet())
@@ -211,9 +195,19 @@ fn client_ip_of(s: &Session, snap: &Snapshot) -> IpAddr {
     if trusted.is_empty() {
         return peer.to_canonical();
     }
-    let xff = joined_header(s, "x-forwarded-for");
-    let forwarded = joined_header(s, "forwarded");
-    client_ip::client_ip(peer, trusted, xff.as_deref(), forwarded.as_deref())
+    let headers = &s.req_header().headers;
+    client_ip::client_ip_from_lines(
+        peer,
+        trusted,
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(HeaderValue::as_bytes),
+        headers
+            .get_all("forwarded")
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
 }
 
 fn host(s: &Session) -> Option<&[u8]> {

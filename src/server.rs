@@ -26,6 +26,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Reload(#[from] crate::reload::ReloadError),
     #[error("TLS listener setup: {0}")]
     Tls(String),
 }
@@ -124,6 +126,8 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         service.add_tcp(&m.addr.to_string());
         server.add_service(service);
     }
+
+    crate::reload::spawn(config.file.clone(), shared.clone())?;
 
     log::info!(
         "visitord {} serving generation {} on {} listener(s)",

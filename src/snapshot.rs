@@ -6,6 +6,7 @@
 //! `check`, `run`, `lookup` and every reload go through `Snapshot::load`.
 
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -25,6 +26,8 @@ pub enum LoadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Projects(ConfigError),
+    #[error(transparent)]
     Geo(#[from] GeoError),
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -37,6 +40,7 @@ impl LoadError {
     pub fn kind(&self) -> &'static str {
         match self {
             LoadError::Config(_) => "config",
+            LoadError::Projects(_) => "projects",
             LoadError::Geo(_) => "geo",
             LoadError::Agent(_) => "user_agent",
             LoadError::Tls(_) => "tls",
@@ -51,7 +55,12 @@ pub struct Snapshot {
     pub config: Config,
     pub projects: Projects,
     pub geo: GeoDb,
-    pub agents: AgentParser,
+    /// Shared with the previous snapshot while the rules file is unchanged:
+    /// compiling uap-core's rules is the slowest part of a rebuild, and the
+    /// parse cache survives the reload that way.
+    pub agents: Arc<AgentParser>,
+    /// The rules file's identity when it was read (`None`: built-in rules).
+    agents_stamp: Option<FileStamp>,
     pub certificates: Certificates,
     pub loaded_at: SystemTime,
 }
@@ -59,23 +68,41 @@ pub struct Snapshot {
 impl Snapshot {
     /// Loads and validates everything `config_file` names.
     pub fn load(config_file: &Path, generation: u64) -> Result<Snapshot, LoadError> {
+        Snapshot::load_after(config_file, generation, None)
+    }
+
+    /// Like `load`, reusing parts of `previous` whose files did not change.
+    pub fn load_after(
+        config_file: &Path,
+        generation: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, LoadError> {
         let config = Config::load(config_file)?;
-        let projects = Projects::load(&config.api.projects)?;
+        let projects = Projects::load(&config.api.projects).map_err(LoadError::Projects)?;
         let certificates = match &config.tls {
             Some(tls) => Certificates::load(&tls.certificates)?,
             None => Certificates::default(),
         };
         let geo = GeoDb::open(&config.geo.databases)?;
-        let agents = match &config.user_agent.regexes {
-            Some(path) => AgentParser::from_file(path)?,
-            None => AgentParser::builtin()?,
+        let agents_stamp = config.user_agent.regexes.as_deref().and_then(FileStamp::of);
+        let reusable = previous.filter(|p| {
+            p.config.user_agent.regexes == config.user_agent.regexes
+                && p.agents_stamp == agents_stamp
+        });
+        let agents = match (reusable, &config.user_agent.regexes) {
+            (Some(p), _) => p.agents.clone(),
+            (None, Some(path)) => Arc::new(AgentParser::from_file(path)?),
+            (None, None) => Arc::new(AgentParser::builtin()?),
         };
+        // Build the country table now rather than on the first request.
+        let _ = crate::country::lookup("US");
         Ok(Snapshot {
             generation,
             config,
             projects,
             geo,
             agents,
+            agents_stamp,
             certificates,
             loaded_at: SystemTime::now(),
         })
@@ -83,16 +110,29 @@ impl Snapshot {
 
     /// Every file this snapshot was built from; reload watches their folders.
     pub fn source_files(&self) -> Vec<PathBuf> {
-        let c = &self.config;
-        let mut files = vec![c.file.clone(), c.api.projects.clone()];
-        files.extend(c.geo.databases.iter().cloned());
-        if let Some(tls) = &c.tls {
-            for pair in &tls.certificates {
-                files.push(pair.cert.clone());
-                files.push(pair.key.clone());
-            }
-        }
-        files.extend(c.user_agent.regexes.iter().cloned());
-        files
+        self.config.source_files()
+    }
+}
+
+/// Identifies a file's content without reading it: a rename-over or an
+/// in-place write changes at least one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
     }
 }

@@ -1,0 +1,380 @@
+//! Live reload, metrics and lifecycle (DESIGN §6, §7) with the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::mmdb::{flat_record, MmdbWriter};
+use common::{eventually, Options, Server};
+
+const ALLOWED: &str = "https://example.com";
+
+/// Writes `text` to a temporary file beside `path`, then renames it over
+/// `path` — the safe way the README tells operators to replace files.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp-new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A flat database in which 81.2.69.0/24 is in `country`.
+fn database(country: &str) -> Vec<u8> {
+    let mut w = MmdbWriter::new("test-flat-city", 6);
+    w.insert(
+        "81.2.69.0/24".parse().unwrap(),
+        flat_record(country, "", "", 1.0, 2.0, "", ""),
+    );
+    w.insert(
+        "127.0.0.0/8".parse().unwrap(),
+        flat_record("NL", "", "", 1.0, 2.0, "", ""),
+    );
+    w.to_bytes()
+}
+
+fn country_of_81(s: &Server) -> String {
+    let r = s.api(
+        "?pid=demo",
+        &[("Origin", ALLOWED), ("X-Forwarded-For", "81.2.69.142")],
+    );
+    r.json()["data"]["countryCode"].as_str().unwrap().to_owned()
+}
+
+/// Stops load threads when dropped, also when the test panics: otherwise
+/// they would keep the server (and its process) alive.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn metric(s: &Server, series: &str) -> f64 {
+    s.metrics_text()
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn new_domain_takes_effect_within_3s_of_a_rename_over() {
+    let s = Server::start();
+    let origin = "https://new.example.net";
+    assert_eq!(s.api("?pid=demo", &[("Origin", origin)]).status, 403);
+    let started = Instant::now();
+    replace(
+        &s.path("projects.toml"),
+        b"[[project]]\nid = \"demo\"\ndomains = [\"example.com\", \"new.example.net\"]\n",
+    );
+    let ok = eventually(Duration::from_secs(3), || {
+        s.api("?pid=demo", &[("Origin", origin)]).status == 200
+    });
+    assert!(ok, "not live after {:?}:\n{}", started.elapsed(), s.logs());
+    assert_eq!(metric(&s, "visitord_snapshot_generation"), 2.0);
+}
+
+#[test]
+fn broken_projects_keep_the_old_ones_serving_and_count_the_error() {
+    let s = Server::start();
+    let counter = "visitord_reloads_total{kind=\"projects\",result=\"error\"}";
+    assert_eq!(metric(&s, counter), 0.0);
+    replace(
+        &s.path("projects.toml"),
+        b"[[project]]\nid = \"demo\"\ndomains = [\"*.\"]\n",
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || metric(&s, counter) == 1.0),
+        "{}",
+        s.metrics_text()
+    );
+    assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+    assert_eq!(metric(&s, "visitord_snapshot_generation"), 1.0);
+    let logs = s.logs();
+    assert!(
+        logs.contains("projects.toml: project[0].domains[0]") && logs.contains("WARN"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_new_database_file_changes_answers() {
+    let s = Server::start();
+    assert_eq!(country_of_81(&s), "GB");
+    replace(&s.path("fixture.mmdb"), &database("FR"));
+    assert!(eventually(Duration::from_secs(5), || country_of_81(&s) == "FR"));
+    // A database overwritten in place with garbage is refused; FR stays.
+    std::fs::write(s.path("fixture.mmdb"), b"definitely not a database").unwrap();
+    let errors = "visitord_reloads_total{kind=\"geo\",result=\"error\"}";
+    assert!(eventually(Duration::from_secs(5), || metric(&s, errors) >= 1.0));
+    assert_eq!(country_of_81(&s), "FR");
+}
+
+/// Does a fresh TLS handshake with SNI `name` verify against the test CA?
+fn handshake_ok(s: &Server, name: &str) -> bool {
+    let config = Arc::new(s.ca.client_config());
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, server_name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(s.https).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut tcp).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn a_replaced_certificate_is_served_on_the_next_handshake() {
+    let s = Server::start();
+    assert!(handshake_ok(&s, "localhost"));
+    assert!(!handshake_ok(&s, "renewed.example"));
+    let staging = tempfile::tempdir().unwrap();
+    let (crt, key) =
+        s.ca.leaf(staging.path(), "new", &["renewed.example", "localhost"]);
+    replace(&s.path("tls/server.key"), &std::fs::read(key).unwrap());
+    replace(&s.path("tls/server.crt"), &std::fs::read(crt).unwrap());
+    assert!(
+        eventually(Duration::from_secs(5), || handshake_ok(
+            &s,
+            "renewed.example"
+        )),
+        "{}",
+        s.logs()
+    );
+    assert!(handshake_ok(&s, "localhost"));
+}
+
+#[test]
+fn key_then_certificate_replacement_never_serves_an_error() {
+    let s = Arc::new(Server::start());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (s, stop, sent, failures) = (s.clone(), stop.clone(), sent.clone(), failures.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // A new connection each time: every request is a handshake.
+                let client = s
+                    .client_builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                let r = client
+                    .get(s.url("/api/?pid=demo"))
+                    .header("Origin", ALLOWED)
+                    .send();
+                sent.fetch_add(1, Ordering::Relaxed);
+                match r {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", r.status())),
+                    Err(e) => failures.lock().unwrap().push(format!("{e:?}")),
+                }
+            }
+        })
+    };
+    let _stop = StopOnDrop(stop.clone());
+    let staging = tempfile::tempdir().unwrap();
+    let (crt, key) =
+        s.ca.leaf(staging.path(), "new", &["renewed.example", "localhost"]);
+    let key_errors = "visitord_reloads_total{kind=\"tls\",result=\"error\"}";
+    replace(&s.path("tls/server.key"), &std::fs::read(key).unwrap());
+    // The key alone does not match the serving certificate: refused.
+    assert!(eventually(Duration::from_secs(5), || metric(
+        &s, key_errors
+    ) >= 1.0));
+    std::thread::sleep(Duration::from_millis(300));
+    replace(&s.path("tls/server.crt"), &std::fs::read(crt).unwrap());
+    assert!(eventually(Duration::from_secs(5), || handshake_ok(
+        &s,
+        "renewed.example"
+    )));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let failures = failures.lock().unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 10);
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
+fn sighup_reloads() {
+    let s = Server::start();
+    assert_eq!(metric(&s, "visitord_snapshot_generation"), 1.0);
+    s.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || metric(
+        &s,
+        "visitord_snapshot_generation"
+    ) == 2.0));
+    assert!(s.try_status().is_none(), "SIGHUP must not terminate");
+    assert!(s.logs().contains("reloaded on SIGHUP"), "{}", s.logs());
+    assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+}
+
+#[test]
+fn sigterm_exits_within_the_grace_period() {
+    let s = Server::with(Options {
+        grace_period: "2s",
+        ..Options::default()
+    });
+    let (status, took) = s.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(took <= Duration::from_millis(2500), "took {took:?}");
+    // The listeners are gone.
+    assert!(std::net::TcpStream::connect(s.https).is_err());
+}
+
+#[test]
+fn listener_changes_are_logged_as_taking_effect_on_restart() {
+    let s = Server::start();
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let changed = config.replace("threads = 2", "threads = 3");
+    replace(&s.config, changed.as_bytes());
+    assert!(eventually(Duration::from_secs(5), || s
+        .logs()
+        .contains("take effect on restart")));
+    assert!(s.logs().contains("server.threads"), "{}", s.logs());
+}
+
+/// The headline promise: replace the database and the projects 20 times
+/// while requests run, and no request fails.
+#[test]
+fn twenty_replacements_under_load_fail_no_request() {
+    let s = Arc::new(Server::start());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, stop, sent, failures) =
+                (s.clone(), stop.clone(), sent.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let client = s.client();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client
+                        .get(s.url("/api/?pid=demo"))
+                        .header("Origin", ALLOWED)
+                        .header("X-Forwarded-For", "81.2.69.142")
+                        .send();
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match r {
+                        Ok(r) if r.status() == 200 => {
+                            let v: serde_json::Value =
+                                serde_json::from_str(&r.text().unwrap()).unwrap();
+                            let cc = v["data"]["countryCode"].as_str().unwrap().to_owned();
+                            if !["GB", "FR", "DE"].contains(&cc.as_str()) {
+                                failures.lock().unwrap().push(format!("country {cc:?}"));
+                            }
+                        }
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", r.status())),
+                        Err(e) => failures.lock().unwrap().push(format!("{e:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    let _stop = StopOnDrop(stop.clone());
+    for i in 0..20 {
+        let country = ["FR", "DE"][i % 2];
+        replace(&s.path("fixture.mmdb"), &database(country));
+        let projects = format!(
+            "[[project]]\nid = \"demo\"\ndomains = [\"example.com\", \"n{i}.example.org\"]\n"
+        );
+        replace(&s.path("projects.toml"), projects.as_bytes());
+        std::thread::sleep(Duration::from_millis(350));
+    }
+    // The last state is served: DE, and the last project domain.
+    assert!(eventually(Duration::from_secs(10), || country_of_81(&s)
+        == "DE"
+        && s.api("?pid=demo", &[("Origin", "https://n19.example.org")])
+            .status
+            == 200));
+    let generations = metric(&s, "visitord_snapshot_generation");
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    let failures = failures.lock().unwrap();
+    eprintln!(
+        "reload under load: {sent} requests, {} failed, {generations} generations",
+        failures.len()
+    );
+    assert!(generations >= 5.0, "only {generations} generations");
+    assert!(sent > 100, "only {sent} requests");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[test]
+fn metrics_are_valid_prometheus_text() {
+    let s = Server::start();
+    s.api("?pid=demo", &[("Origin", ALLOWED)]);
+    s.api("?pid=demo", &[("Origin", "https://evil.com")]);
+    s.api("?pid=nope", &[("Origin", ALLOWED)]);
+    let text = s.metrics_text();
+    for needle in [
+        "visitord_requests_total{project=\"demo\",route=\"api\",status=\"200\"} 1",
+        "visitord_requests_total{project=\"demo\",route=\"api\",status=\"403\"} 1",
+        "visitord_requests_total{project=\"\",route=\"api\",status=\"403\"} 1",
+        "visitord_origin_rejections_total{reason=\"not_listed\"} 1",
+        "visitord_origin_rejections_total{reason=\"unknown_project\"} 1",
+        "visitord_request_duration_seconds_bucket{route=\"api\",le=\"+Inf\"}",
+        "visitord_snapshot_generation 1",
+        "visitord_geo_database_build_timestamp_seconds{database=\"fixture\"}",
+        "visitord_tls_certificate_expiry_timestamp_seconds{name=\"localhost\"}",
+        "visitord_build_info{version=",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    assert!(
+        !text.contains("127.0.0.1"),
+        "an address leaked into metrics"
+    );
+    assert!(!text.contains("evil.com"), "an origin leaked into metrics");
+    let promtool = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    if promtool.is_ok_and(|o| o.status.success()) {
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("promtool not installed: checked by the unit test's parser only");
+    }
+}
