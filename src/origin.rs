@@ -8,11 +8,12 @@
 //! byte comparison with no allocation and no case folding.
 //!
 //! Decisions recorded here (the brief left them open):
-//! - Unicode hosts are accepted in `Origin`, `Referer` and patterns and
-//!   converted with UTS #46 (the `idna` crate, as WHATWG URL does). Browsers
-//!   always send punycode, so a Unicode host only ever comes from a
-//!   non-browser client; accepting it keeps matching identical whichever
-//!   form is sent. Everything outside the host must be ASCII anyway.
+//! - Unicode hosts are accepted in patterns and converted with UTS #46 (the
+//!   `idna` crate, as WHATWG URL does). In `Origin`, and in the origin part
+//!   of `Referer`, they are refused: browsers always send punycode, header
+//!   values are ASCII (RFC 9110 §5.5), and [`Origin::as_str`] is echoed in
+//!   `Access-Control-Allow-Origin`, which must be visible ASCII. So an
+//!   accepted origin's text is always a valid header value.
 //! - `localhost` in a project's domains admits every loopback origin:
 //!   `localhost`, `*.localhost`, `127.0.0.0/8` and `[::1]`, over http or
 //!   https, on any port. A dev server is opened through any of these names
@@ -68,6 +69,10 @@ pub enum OriginError {
     /// serialised origin or URL.
     #[error("invalid character {0:?}")]
     InvalidChar(char),
+    /// Browsers send internationalised hosts as punycode; a raw UTF-8 host
+    /// could not be echoed in `Access-Control-Allow-Origin`.
+    #[error("non-ASCII text in the origin (hosts must be sent as punycode, xn--)")]
+    NonAscii,
     #[error("no scheme (expected http:// or https://)")]
     MissingScheme,
     #[error("the scheme is not http or https")]
@@ -235,9 +240,7 @@ impl fmt::Display for Origin {
 }
 
 /// Parses an `Origin` header value: `scheme://host[:port]` and nothing else.
-///
-/// Unicode hosts are accepted and converted to punycode (see the module
-/// docs); `as_str()` still returns the value unchanged.
+/// `as_str()` returns the value unchanged; it is always visible ASCII.
 pub fn parse_origin(value: &str) -> Result<Origin, OriginError> {
     if value.eq_ignore_ascii_case("null") {
         return Err(OriginError::Null);
@@ -323,6 +326,10 @@ fn parse_parts(value: &str, max_len: usize) -> Result<Parts<'_>, OriginError> {
         .position(|b| matches!(b, b'/' | b'?' | b'#'))
         .unwrap_or(rest.len());
     let authority = &rest[..authority_len];
+    // The scheme is ASCII already, so this keeps the echoed text ASCII.
+    if !authority.is_ascii() {
+        return Err(OriginError::NonAscii);
+    }
     if authority.contains('@') {
         return Err(OriginError::UserInfo);
     }
@@ -845,10 +852,12 @@ mod tests {
             ("trailing dot pattern", &["example.com."], Some("https://example.com"), None, ALLOW),
             ("two trailing dots", &site, Some("https://example.com.."), None, MALFORMED),
             // IDN both ways
-            ("unicode origin, punycode pattern", &["xn--bcher-kva.example"], Some("https://bücher.example"), None, ALLOW),
+            ("unicode origin refused", &["xn--bcher-kva.example"], Some("https://bücher.example"), None, MALFORMED),
+            ("unicode referer refused", &["xn--bcher-kva.example"], None, Some("https://bücher.example/"), MALFORMED),
+            ("unicode in referer path is fine", &["xn--bcher-kva.example"], None, Some("https://xn--bcher-kva.example/bücher"), ALLOW),
             ("punycode origin, unicode pattern", &["bücher.example"], Some("https://xn--bcher-kva.example"), None, ALLOW),
             ("unicode wildcard", &["*.bücher.example"], Some("https://shop.xn--bcher-kva.example"), None, ALLOW),
-            ("unicode lookalike not listed", &["bucher.example"], Some("https://bücher.example"), None, NOT_LISTED),
+            ("unicode lookalike not listed", &["bucher.example"], Some("https://xn--bcher-kva.example"), None, NOT_LISTED),
             // null and malformed
             ("null origin", &site, Some("null"), None, Err(DenyReason::NullOrigin)),
             ("null does not fall back to referer", &site, Some("null"), Some("https://example.com/"), Err(DenyReason::NullOrigin)),
@@ -938,7 +947,7 @@ mod tests {
             ("http://example.com:80", "http://example.com:80", Scheme::Http, "example.com", None),
             ("http://example.com:443", "http://example.com:443", Scheme::Http, "example.com", Some(443)),
             ("https://example.com:08443", "https://example.com:08443", Scheme::Https, "example.com", Some(8443)),
-            ("https://bücher.example", "https://bücher.example", Scheme::Https, "xn--bcher-kva.example", None),
+            ("https://XN--BCHER-KVA.example", "https://XN--BCHER-KVA.example", Scheme::Https, "xn--bcher-kva.example", None),
             ("http://[::1]:3000", "http://[::1]:3000", Scheme::Http, "[::1]", Some(3000)),
             ("http://[0:0::1]", "http://[0:0::1]", Scheme::Http, "[::1]", None),
             ("http://[::FFFF:7f00:1]", "http://[::FFFF:7f00:1]", Scheme::Http, "[::ffff:127.0.0.1]", None),
@@ -1007,7 +1016,8 @@ mod tests {
             ("https://[::1", OriginError::Host(HostError::InvalidIpv6)),
             ("https://[::1]x", OriginError::Host(HostError::InvalidIpv6)),
             ("https://[fe80::1%25eth0]", OriginError::Host(HostError::InvalidIpv6)),
-            ("https://xn--a.example\u{ad}x", OriginError::Host(HostError::Idna)),
+            ("https://xn--a.example\u{ad}x", OriginError::NonAscii),
+            ("https://bücher.example", OriginError::NonAscii),
         ];
         for (input, expected) in cases {
             assert_eq!(
@@ -1116,6 +1126,37 @@ mod tests {
         ];
         for &(host, expected) in cases {
             assert_eq!(is_loopback_host(host), expected, "{host}");
+        }
+    }
+
+    /// Found by `cargo fuzz run origin`: a Unicode host was accepted, so
+    /// `as_str()` was not a valid `Access-Control-Allow-Origin` value.
+    #[test]
+    fn fuzz_regression_non_ascii_origin() {
+        let domains = patterns(&["xn--bcher-kva.example", "localhost"]);
+        for value in [
+            "https://bücher.example",
+            "https://BÜCHER.example:8443",
+            "http://ü.localhost",
+            "https://xn--bcher-kva.example\u{ad}",
+        ] {
+            assert_eq!(parse_origin(value), Err(OriginError::NonAscii), "{value}");
+            let referer = format!("{value}/path");
+            assert_eq!(origin_of_referer(&referer), Err(OriginError::NonAscii));
+            let got = allowed_origin(&domains, Some(value.as_bytes()), None);
+            assert_eq!(got, Err(DenyReason::Malformed), "{value}");
+        }
+        // Whatever is accepted can be echoed as a header value.
+        for value in [
+            "https://xn--bcher-kva.example",
+            "https://xn--bcher-kva.example/bücher?q=ü",
+        ] {
+            let o = origin_of_referer(value).unwrap();
+            assert!(http::HeaderValue::from_str(o.as_str()).is_ok(), "{value}");
+            assert_eq!(
+                allowed_origin(&domains, None, Some(value.as_bytes())),
+                Ok(o)
+            );
         }
     }
 
