@@ -4,6 +4,7 @@
 //! answer carries (`Content-Type`, `Cache-Control`, `nosniff`, HSTS).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use crate::config::{is_valid_project_id, ListenerKind};
 use crate::country;
 use crate::geo::Location;
 use crate::origin::{self, Decision, DenyReason, Origin};
+use crate::sites::Sites;
 use crate::snapshot::Snapshot;
 
 /// Longest query string looked at; longer ones are refused with 414.
@@ -25,11 +27,18 @@ pub const MAX_QUERY_PARAMS: usize = 32;
 pub const PREFLIGHT_MAX_AGE: &str = "7200";
 /// `Allow` on a 405 from the API.
 pub const API_ALLOW: &str = "GET, HEAD, OPTIONS";
+/// `Allow` on a 405 from a site's same-origin API.
+pub const SAME_ORIGIN_ALLOW: &str = "GET, HEAD";
+const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
 
 /// What the HTTP layer writes back: status, route-specific headers, body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub status: u16,
+    /// `application/json` for everything but the pages visitors of a site
+    /// may see (`page`).
+    pub content_type: &'static str,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
     /// Which project the answer was for, when the request named a known one
@@ -43,6 +52,7 @@ impl Answer {
     fn new(status: u16, body: Bytes) -> Answer {
         Answer {
             status,
+            content_type: JSON,
             headers: Vec::new(),
             body,
             project: None,
@@ -106,6 +116,13 @@ pub fn error(status: u16, reason: &str) -> Answer {
     Answer::new(status, Bytes::from(body))
 }
 
+/// A small HTML page (sites' refusals and upstream failures).
+pub fn page(status: u16, html: &'static str) -> Answer {
+    let mut a = Answer::new(status, Bytes::from_static(html.as_bytes()));
+    a.content_type = HTML;
+    a
+}
+
 /// 405 with the `Allow` header.
 pub fn method_not_allowed(allow: &'static str) -> Answer {
     error(405, "method not allowed").with_header(header::ALLOW, HeaderValue::from_static(allow))
@@ -156,6 +173,23 @@ pub fn answer(snap: &Snapshot, req: &ApiRequest<'_>) -> Answer {
     };
     answer.project = Some(project.id.as_str().to_owned());
     allow_origin(answer, &caller)
+}
+
+/// A site's same-origin API (`[[site]] api_path`): the site binding is the
+/// authorisation, so there is no `pid`, no origin check and no CORS; the
+/// visitor facts are computed by the caller (they also decide the site's
+/// country rule).
+pub fn same_origin(method: Method, data: &VisitorData<'_>) -> Answer {
+    match method {
+        Method::Get | Method::Head => Answer::new(200, Bytes::from(success_body(data))),
+        Method::Options | Method::Other => method_not_allowed(SAME_ORIGIN_ALLOW),
+    }
+}
+
+/// The JSON refusal of a site's same-origin API for a visitor its country
+/// rule refuses.
+pub fn country_refused() -> Answer {
+    error(403, "not available in your country or region")
 }
 
 /// The CORS headers of an allowed request: the exact origin, never `*`.
@@ -367,7 +401,9 @@ pub fn project_id_from_query(query: &str) -> Result<String, QueryError> {
 pub fn percent_decode(s: &str) -> Result<Cow<'_, str>, QueryError> {
     let bytes = s.as_bytes();
     if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
-        return if bytes.iter().any(|b| b.is_ascii_control()) {
+        // The same test as after decoding: C1 controls (U+0080..=U+009F)
+        // are not ASCII but are control characters too.
+        return if s.chars().any(char::is_control) {
             Err(QueryError::Malformed)
         } else {
             Ok(Cow::Borrowed(s))
@@ -423,6 +459,10 @@ pub enum Route {
         https_port: u16,
     },
     NotFound,
+    /// Proxied to the site with this index in `Snapshot::sites`.
+    Site(usize),
+    /// The same-origin API of that site.
+    SiteApi(usize),
 }
 
 impl Route {
@@ -434,6 +474,8 @@ impl Route {
             Route::Api => "api",
             Route::Redirect { .. } => "redirect",
             Route::NotFound => "not_found",
+            Route::Site(_) => "site",
+            Route::SiteApi(_) => "site_api",
         }
     }
 }
@@ -455,6 +497,31 @@ pub fn route(path: &str, api_path: &str, listener: ListenerKind) -> Route {
     }
 }
 
+/// Routes a request on any listener. On TLS listeners a `Host` that names a
+/// site sends every path to that site (its own `/healthz`, `/api/`...)
+/// except the site's `api_path`: the global API path and health answers are
+/// for hosts that match no site, so visitord never shadows a path of a
+/// site it fronts. Plain listeners redirect every host alike.
+pub fn route_request(
+    sites: &Sites,
+    host: Option<&[u8]>,
+    path: &str,
+    api_path: &str,
+    listener: ListenerKind,
+) -> Route {
+    if listener == ListenerKind::Tls {
+        if let Some(i) = host.and_then(|h| sites.find(h)) {
+            let same_origin = sites.get(i).is_some_and(|s| s.config.is_api_path(path));
+            return if same_origin {
+                Route::SiteApi(i)
+            } else {
+                Route::Site(i)
+            };
+        }
+    }
+    route(path, api_path, listener)
+}
+
 /// `308` to the same host, path and query over HTTPS; the port is left out
 /// when it is 443. The host comes from the request, so it is checked to be
 /// a plain host name or address before it goes into `Location`.
@@ -462,14 +529,30 @@ pub fn redirect(host: Option<&[u8]>, https_port: u16, path_and_query: &str) -> A
     let Some(name) = host.and_then(host_without_port) else {
         return error(400, "missing or invalid Host header");
     };
-    let location = if https_port == 443 {
-        format!("https://{name}{path_and_query}")
+    let mut location = if https_port == 443 {
+        format!("https://{name}")
     } else {
-        format!("https://{name}:{https_port}{path_and_query}")
+        format!("https://{name}:{https_port}")
     };
+    push_ascii_uri(&mut location, path_and_query);
     match HeaderValue::from_str(&location) {
         Ok(v) => error(308, "use https").with_header(header::LOCATION, v),
         Err(_) => error(400, "invalid request target"),
+    }
+}
+
+/// Appends `text` with every non-ASCII byte percent-encoded. The `http`
+/// crate lets raw UTF-8 through in a request target, but `Location` is a URI
+/// reference, which is ASCII (and `HeaderValue::from_str` would pass the raw
+/// bytes on as obs-text).
+fn push_ascii_uri(out: &mut String, text: &str) {
+    for b in text.bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            // Writing into a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
     }
 }
 
@@ -525,6 +608,46 @@ pub fn health(ready: bool) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo fuzz run query`: the no-escape fast path let C1
+    /// controls through that the decoding path refuses.
+    #[test]
+    fn fuzz_regression_c1_control() {
+        for s in ["\u{80}", "a\u{85}b", "\u{9f}"] {
+            assert_eq!(percent_decode(s), Err(QueryError::Malformed), "{s:?}");
+            let plus = format!("{s}+");
+            assert_eq!(
+                percent_decode(&plus),
+                Err(QueryError::Malformed),
+                "{plus:?}"
+            );
+        }
+        assert_eq!(
+            project_id_from_query("pid=demo&x=\u{85}"),
+            Err(QueryError::Malformed)
+        );
+        assert_eq!(percent_decode("\u{a0}é").as_deref(), Ok("\u{a0}é"));
+    }
+
+    /// Found by `cargo fuzz run answer`: raw UTF-8 from the request target
+    /// went into `Location` unencoded.
+    #[test]
+    fn fuzz_regression_redirect_non_ascii() {
+        let a = redirect(Some(b"example.com"), 443, "/bücher?q=é");
+        assert_eq!(a.status, 308);
+        let location = a
+            .headers
+            .iter()
+            .find(|(n, _)| n == header::LOCATION)
+            .map(|(_, v)| v.to_str().unwrap());
+        assert_eq!(location, Some("https://example.com/b%C3%BCcher?q=%C3%A9"));
+        let a = redirect(Some(b"example.com:80"), 8443, "/%C3%A9");
+        let location = a.headers.iter().find(|(n, _)| n == header::LOCATION);
+        assert_eq!(
+            location.map(|(_, v)| v.to_str().unwrap()),
+            Some("https://example.com:8443/%C3%A9")
+        );
+    }
 
     #[test]
     fn error_envelope_shape() {
@@ -791,6 +914,85 @@ mod tests {
             route("/api/", "/api/", plain),
             Route::Redirect { https_port: 8443 }
         );
+    }
+
+    #[test]
+    fn site_hosts_route_to_their_site_and_keep_every_path() {
+        let raw: Vec<crate::sites::RawSite> = vec![toml::from_str(
+            "hosts = [\"shop.example.com\"]\nupstreams = [\"127.0.0.1:1\"]\napi_path = \"/visitor-api/\"",
+        )
+        .unwrap()];
+        let file = std::path::Path::new("visitord.toml");
+        let configs = crate::sites::parse_sites(file, raw, &|p| p.to_path_buf()).unwrap();
+        let sites = Sites::build(file, &configs, None).unwrap();
+        let tls = ListenerKind::Tls;
+        let route = |host: &str, path: &str, l: ListenerKind| {
+            route_request(&sites, Some(host.as_bytes()), path, "/api/", l)
+        };
+        assert_eq!(route("shop.example.com", "/", tls), Route::Site(0));
+        assert_eq!(route("Shop.Example.com:8443", "/x?y", tls), Route::Site(0));
+        assert_eq!(route("shop.example.com", "/api/", tls), Route::Site(0));
+        assert_eq!(route("shop.example.com", "/healthz", tls), Route::Site(0));
+        assert_eq!(
+            route("shop.example.com", "/visitor-api/", tls),
+            Route::SiteApi(0)
+        );
+        assert_eq!(
+            route("shop.example.com", "/visitor-api", tls),
+            Route::SiteApi(0)
+        );
+        assert_eq!(route("localhost", "/api/", tls), Route::Api);
+        assert_eq!(route("localhost", "/visitor-api/", tls), Route::NotFound);
+        assert_eq!(route("localhost", "/healthz", tls), Route::Health);
+        assert_eq!(
+            route_request(&sites, None, "/api/", "/api/", tls),
+            Route::Api
+        );
+        let plain = ListenerKind::Redirect { https_port: 8443 };
+        assert_eq!(
+            route("shop.example.com", "/", plain),
+            Route::Redirect { https_port: 8443 }
+        );
+        assert_eq!(Route::Site(3).label(), "site");
+        assert_eq!(Route::SiteApi(3).label(), "site_api");
+    }
+
+    #[test]
+    fn same_origin_answer_has_no_cors_and_only_get() {
+        let agent = Agent {
+            browser: String::new(),
+            browser_version: String::new(),
+            os: String::new(),
+            os_version: String::new(),
+            device_brand: String::new(),
+            device_model: String::new(),
+            device_family: "Other".into(),
+        };
+        let loc = Location {
+            country_code: "GB",
+            ..Location::default()
+        };
+        let data = visitor("81.2.69.142".parse().unwrap(), &loc, &agent);
+        let a = same_origin(Method::Get, &data);
+        assert_eq!(a.status, 200);
+        assert_eq!(a.content_type, "application/json");
+        assert!(a.headers.is_empty(), "{:?}", a.headers);
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(v["data"]["countryCode"], "GB");
+        assert_eq!(same_origin(Method::Head, &data).status, 200);
+        for m in [Method::Options, Method::Other] {
+            let a = same_origin(m, &data);
+            assert_eq!(a.status, 405);
+            assert_eq!(
+                a.headers,
+                vec![(header::ALLOW, HeaderValue::from_static("GET, HEAD"))]
+            );
+        }
+        let refused = country_refused();
+        assert_eq!(refused.status, 403);
+        let v: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+        assert_eq!(v["data"], serde_json::Value::Null);
+        assert_eq!(v["status"], 403);
     }
 
     #[test]

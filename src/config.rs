@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::origin::DomainPattern;
+use crate::sites::{RawSite, SiteConfig};
 
 /// Longest accepted project id (DESIGN §4: `[A-Za-z0-9_-]{1,64}`).
 pub const MAX_PROJECT_ID_LEN: usize = 64;
@@ -38,7 +39,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(file: &Path, key: impl Into<String>, reason: impl fmt::Display) -> Self {
+    pub(crate) fn invalid(file: &Path, key: impl Into<String>, reason: impl fmt::Display) -> Self {
         ConfigError::Invalid {
             file: file.to_path_buf(),
             key: key.into(),
@@ -75,6 +76,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     user_agent: RawUserAgent,
+    #[serde(default)]
+    site: Vec<RawSite>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +114,8 @@ struct RawListen {
     tls: bool,
     #[serde(default)]
     redirect_https_port: Option<u16>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +240,9 @@ pub struct Config {
     pub client_ip: ClientIp,
     pub metrics: Option<Metrics>,
     pub user_agent: UserAgent,
+    /// `[[site]]` tables, in file order; names not resolved yet (see
+    /// `sites::Sites::build`).
+    pub sites: Vec<SiteConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -247,6 +255,9 @@ pub struct Server {
 pub struct Listener {
     pub addr: SocketAddr,
     pub kind: ListenerKind,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header
+    /// naming the client; TLS listeners only.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,7 +419,7 @@ impl Config {
             };
 
         let api = Api {
-            path: api_path(file, &raw.api.path)?,
+            path: api_path_at(file, "api.path", &raw.api.path)?,
             projects: resolve(&raw.api.projects),
         };
 
@@ -422,6 +433,8 @@ impl Config {
         let geo = Geo {
             databases: raw.geo.databases.iter().map(|p| resolve(p)).collect(),
         };
+
+        let sites = crate::sites::parse_sites(file, raw.site, &resolve)?;
 
         let metrics = raw.metrics.enabled.then_some(Metrics {
             addr: raw.metrics.addr,
@@ -453,6 +466,7 @@ impl Config {
             user_agent: UserAgent {
                 regexes: raw.user_agent.regexes.as_deref().map(resolve),
             },
+            sites,
         })
     }
 }
@@ -469,6 +483,7 @@ impl Config {
             }
         }
         files.extend(self.user_agent.regexes.iter().cloned());
+        files.extend(self.sites.iter().filter_map(|s| s.upstream_ca.clone()));
         files
     }
 }
@@ -546,12 +561,15 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
 }
 
 fn syntax_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let position = e.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        format!("line {line}, column {column}")
-    });
+    // Byte offsets come from the parser; `get` keeps a bad one from panicking.
+    let position = e
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        });
     ConfigError::invalid(
         file,
         position.unwrap_or_else(|| "(syntax)".to_owned()),
@@ -594,6 +612,15 @@ fn listeners(file: &Path, raw: &[RawListen]) -> Result<Vec<Listener>, ConfigErro
                 "a plain listener must set redirect_https_port (the API is served over TLS only)",
             )),
         };
+        // Pingora runs its pre-TLS hook only on TLS endpoints
+        // (pingora-core 0.9.1 src/listeners/mod.rs, `UninitializedStream::handshake`).
+        if l.proxy_protocol && kind != ListenerKind::Tls {
+            return Err(ConfigError::invalid(
+                file,
+                format!("listen[{i}].proxy_protocol"),
+                "only a TLS (tls = true) listener can take the PROXY protocol",
+            ));
+        }
         if out.iter().any(|o| o.addr == l.addr) {
             return Err(ConfigError::invalid(
                 file,
@@ -601,7 +628,11 @@ fn listeners(file: &Path, raw: &[RawListen]) -> Result<Vec<Listener>, ConfigErro
                 format!("{} is listed twice", l.addr),
             ));
         }
-        out.push(Listener { addr: l.addr, kind });
+        out.push(Listener {
+            addr: l.addr,
+            kind,
+            proxy_protocol: l.proxy_protocol,
+        });
     }
     Ok(out)
 }
@@ -639,21 +670,23 @@ fn tls_settings(
     })
 }
 
-fn api_path(file: &Path, path: &str) -> Result<String, ConfigError> {
+/// An API mount path (`api.path`, `site[i].api_path`): absolute, of
+/// `[A-Za-z0-9/-_.~]`, not `/`; a trailing `/` is added.
+pub(crate) fn api_path_at(file: &Path, key: &str, path: &str) -> Result<String, ConfigError> {
     let valid_chars = path
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
     if !path.starts_with('/') || !valid_chars || path.contains("//") || path.len() > 256 {
         return Err(ConfigError::invalid(
             file,
-            "api.path",
+            key,
             format!("{path:?}: must be an absolute path of [A-Za-z0-9/-_.~]"),
         ));
     }
     if path == "/" {
         return Err(ConfigError::invalid(
             file,
-            "api.path",
+            key,
             "\"/\" would shadow /healthz and every site",
         ));
     }
@@ -864,6 +897,35 @@ addr = "127.0.0.1:9180"
     fn metrics_cannot_share_a_listener_address() {
         let e = error(&GOOD.replace("127.0.0.1:9180", "127.0.0.1:8443"));
         assert!(e.contains("metrics.addr"), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_is_for_tls_listeners() {
+        let c = parse(&GOOD.replace("tls = true", "tls = true\nproxy_protocol = true")).unwrap();
+        assert!(c.listeners[0].proxy_protocol);
+        assert!(!c.listeners[1].proxy_protocol);
+        let e = error(&GOOD.replace(
+            "redirect_https_port = 8443",
+            "redirect_https_port = 8443\nproxy_protocol = true",
+        ));
+        assert!(e.contains("listen[1].proxy_protocol: only a TLS"), "{e}");
+    }
+
+    #[test]
+    fn sites_are_parsed_and_their_ca_is_watched() {
+        let text = format!(
+            "{GOOD}\n[[site]]\nhosts = [\"www.example.com\"]\nupstreams = [\"app.internal:443\"]\nupstream_tls = true\nupstream_ca = \"tls/app-ca.pem\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.sites.len(), 1);
+        assert!(c
+            .source_files()
+            .contains(&PathBuf::from("/etc/visitord/tls/app-ca.pem")));
+        let e = error(&format!("{text}bogus = 1\n"));
+        assert!(e.contains("site[0]"), "{e}");
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = error(&text.replace("app.internal:443", "app.internal"));
+        assert!(e.contains("site[0].upstreams[0]"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! visitord: a self-hosted VisitorAPI on Pingora.
 //!
 //! Data flows one way (DESIGN §8): bytes → `Session` → request facts →
-//! decision → answer. Modules below `proxy` and `server` never touch
-//! Pingora types; they are plain functions over plain data.
+//! decision → answer. Modules below `proxy`, `server` and `upstream` never
+//! touch Pingora types; they are plain functions over plain data.
 
 pub mod agent;
 pub mod api;
@@ -14,7 +14,10 @@ pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
+pub mod sites;
 pub mod snapshot;
 pub mod tls;
+pub mod upstream;

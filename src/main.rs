@@ -100,12 +100,13 @@ fn check(config: PathBuf) -> anyhow::Result<()> {
     let snapshot = Snapshot::load(&config, 1)?;
     let c = &snapshot.config;
     println!(
-        "{}: ok: {} listener(s), {} project(s), {} database(s), {} certificate(s)",
+        "{}: ok: {} listener(s), {} project(s), {} database(s), {} certificate(s), {} site(s)",
         config.display(),
         c.listeners.len(),
         snapshot.projects.len(),
         snapshot.geo.databases().len(),
         snapshot.certificates.iter().count(),
+        snapshot.sites.len(),
     );
     Ok(())
 }

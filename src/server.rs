@@ -1,20 +1,33 @@
 //! Assembles the Pingora server: one service per listener role, the
-//! certificate resolver, the metrics listener; then runs it.
+//! certificate resolver, the PROXY protocol reader, the metrics listener
+//! and the upstream health checks; then runs it.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::PreTlsProcess;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use pingora::{Error, ErrorType};
+use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, ListenerKind};
 use crate::metrics::METRICS;
 use crate::proxy::{CertResolver, MetricsApp, Visitord};
+use crate::proxy_protocol::{self, Parsed, ProxyHeader};
 use crate::snapshot::{Shared, Snapshot};
+use crate::upstream::HealthChecks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -85,18 +98,33 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
-    let tls_addrs: Vec<SocketAddr> = config
-        .listeners
-        .iter()
-        .filter(|l| l.kind == ListenerKind::Tls)
-        .map(|l| l.addr)
-        .collect();
-    if !tls_addrs.is_empty() {
+    // Pingora's pre-TLS hook is per service (`Listeners`), so listeners
+    // that take the PROXY protocol get a service of their own.
+    for proxy_protocol in [false, true] {
+        let tls_addrs: Vec<SocketAddr> = config
+            .listeners
+            .iter()
+            .filter(|l| l.kind == ListenerKind::Tls && l.proxy_protocol == proxy_protocol)
+            .map(|l| l.addr)
+            .collect();
+        if tls_addrs.is_empty() {
+            continue;
+        }
+        let name = if proxy_protocol {
+            "visitord https (PROXY protocol)"
+        } else {
+            "visitord https"
+        };
         let mut service = http_proxy_service_with_name(
             &conf,
             Visitord::new(shared.clone(), ListenerKind::Tls),
-            "visitord https",
+            name,
         );
+        if proxy_protocol {
+            service
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(ProxyProtocolReader));
+        }
         for addr in &tls_addrs {
             let mut tls =
                 TlsSettings::intermediate("", "").map_err(|e| ServerError::Tls(e.to_string()))?;
@@ -127,6 +155,11 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         server.add_service(service);
     }
 
+    server.add_service(background_service(
+        "visitord upstream health checks",
+        HealthChecks::new(shared.clone()),
+    ));
+
     crate::reload::spawn(config.file.clone(), shared.clone())?;
 
     log::info!(
@@ -137,4 +170,70 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     );
     server.run(pingora::server::RunArgs::default());
     Ok(())
+}
+
+/// How long a connection on a PROXY protocol listener may take to send its
+/// header. Balancers send it with the first packet.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the PROXY protocol header before the TLS handshake and makes its
+/// source address the connection's peer address, so `Session::client_addr`
+/// (hence the API, `X-Forwarded-For` and the trusted-proxy rules) sees the
+/// client the balancer accepted. A connection without a valid header is
+/// closed (the error ends the handshake).
+struct ProxyProtocolReader;
+
+#[async_trait]
+impl PreTlsProcess for ProxyProtocolReader {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let header = tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(stream))
+            .await
+            .or_else(|_| {
+                Error::e_explain(
+                    ErrorType::ReadTimedout,
+                    "waiting for the PROXY protocol header",
+                )
+            })??;
+        if let Some(source) = header.source {
+            // The digest made at accept has its peer address set once; a
+            // fresh one over the same socket carries the client instead
+            // (the local address is still read from the socket).
+            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+            let _ = digest.peer_addr.set(Some(PeerAddr::Inet(source)));
+            stream.set_socket_digest(digest);
+        }
+        Ok(())
+    }
+}
+
+/// Reads exactly the header: bytes read past it (the ClientHello) are put
+/// back for the TLS handshake.
+async fn read_proxy_header(stream: &mut L4Stream) -> pingora::Result<ProxyHeader> {
+    let mut buf = vec![0u8; proxy_protocol::V2_MAX_LEN];
+    let mut filled = 0;
+    loop {
+        match proxy_protocol::parse(&buf[..filled]) {
+            Ok(Parsed::Complete(header)) => {
+                stream.rewind(&buf[header.len..filled]);
+                return Ok(header);
+            }
+            Ok(Parsed::Incomplete) => {}
+            Err(e) => return Error::e_explain(ErrorType::new("ProxyProtocolError"), e.to_string()),
+        }
+        // `parse` refuses a header longer than the buffer before it fills.
+        if filled == buf.len() {
+            return Error::e_explain(ErrorType::new("ProxyProtocolError"), "header too long");
+        }
+        let n = stream
+            .read(&mut buf[filled..])
+            .await
+            .or_else(|e| Error::e_because(ErrorType::ReadError, "PROXY protocol header", e))?;
+        if n == 0 {
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "closed before the PROXY protocol header ended",
+            );
+        }
+        filled += n;
+    }
 }

@@ -1,5 +1,6 @@
-//! One immutable world: configuration, projects, databases, user-agent rules
-//! and certificates, loaded and validated together (DESIGN §6).
+//! One immutable world: configuration, projects, databases, user-agent rules,
+//! certificates and sites (resolved upstreams, their peer templates),
+//! loaded and validated together (DESIGN §6).
 //!
 //! A request takes the current snapshot once (`Shared::load_full`) and uses it
 //! to the end, so it never sees half of an old state and half of a new one.
@@ -15,7 +16,9 @@ use arc_swap::ArcSwap;
 use crate::agent::{AgentError, AgentParser};
 use crate::config::{Config, ConfigError, Projects};
 use crate::geo::{GeoDb, GeoError};
+use crate::sites::Sites;
 use crate::tls::{Certificates, TlsError};
+use crate::upstream::Peers;
 
 /// The holder every request, handshake and reload shares.
 pub type Shared = Arc<ArcSwap<Snapshot>>;
@@ -62,6 +65,11 @@ pub struct Snapshot {
     /// The rules file's identity when it was read (`None`: built-in rules).
     agents_stamp: Option<FileStamp>,
     pub certificates: Certificates,
+    /// `[[site]]`s with resolved upstreams; upstream health carries over
+    /// from the previous snapshot by address.
+    pub sites: Sites,
+    /// One Pingora peer template per upstream of `sites`, same order.
+    pub peers: Peers,
     pub loaded_at: SystemTime,
 }
 
@@ -79,6 +87,8 @@ impl Snapshot {
     ) -> Result<Snapshot, LoadError> {
         let config = Config::load(config_file)?;
         let projects = Projects::load(&config.api.projects).map_err(LoadError::Projects)?;
+        let sites = Sites::build(&config.file, &config.sites, previous.map(|p| &p.sites))?;
+        let peers = Peers::build(&sites);
         let certificates = match &config.tls {
             Some(tls) => Certificates::load(&tls.certificates)?,
             None => Certificates::default(),
@@ -104,6 +114,8 @@ impl Snapshot {
             agents,
             agents_stamp,
             certificates,
+            sites,
+            peers,
             loaded_at: SystemTime::now(),
         })
     }

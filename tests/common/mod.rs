@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mmdb;
+pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -313,6 +314,16 @@ impl Server {
             .no_proxy()
     }
 
+    /// A client like `client()` that also resolves each of `hosts` to the
+    /// HTTPS listener (for sites).
+    pub fn client_for(&self, hosts: &[&str]) -> reqwest::blocking::Client {
+        let mut b = self.client_builder();
+        for h in hosts {
+            b = b.resolve(h, self.https);
+        }
+        b.build().unwrap()
+    }
+
     /// GET the API as a browser at `origin` would.
     pub fn api(&self, query: &str, headers: &[(&str, &str)]) -> Reply {
         let mut req = self.client().get(self.url(&format!("/api/{query}")));
@@ -531,3 +542,53 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A TLS connection to `addr` for `server_name` (HTTP/1.1 only), after
+/// sending `prefix` in clear (a PROXY protocol header, or nothing).
+pub fn tls_connect(
+    addr: SocketAddr,
+    ca: &TestCa,
+    server_name: &str,
+    prefix: &[u8],
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let config = Arc::new(ca.client_config());
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.write_all(prefix)?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Sends one HTTP/1.1 request (it should say `Connection: close`) and
+/// reads the response to the end: (status, head, body).
+pub fn http_exchange(stream: &mut impl ReadWrite, request: &str) -> (u16, String, Vec<u8>) {
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // rustls reports a peer that closes without close_notify.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("reading the response: {e}"),
+        }
+    }
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = raw_status(&out).unwrap();
+    (status, head, out[split + 4..].to_vec())
+}
+
+/// Read + Write, for `http_exchange` over TCP or TLS.
+pub trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
