@@ -15,6 +15,7 @@ use crate::agent::Agent;
 use crate::config::{is_valid_project_id, ListenerKind};
 use crate::country;
 use crate::geo::Location;
+use crate::limits::{self, Exceeded, Limiter, Refusal};
 use crate::origin::{self, Decision, DenyReason, Origin};
 use crate::sites::Sites;
 use crate::snapshot::Snapshot;
@@ -46,6 +47,8 @@ pub struct Answer {
     pub project: Option<String>,
     /// Why an origin was refused (a metrics label).
     pub rejection: Option<DenyReason>,
+    /// Which rate limit refused the request (a metrics label).
+    pub limited: Option<Exceeded>,
 }
 
 impl Answer {
@@ -57,6 +60,7 @@ impl Answer {
             body,
             project: None,
             rejection: None,
+            limited: None,
         }
     }
 
@@ -140,8 +144,30 @@ pub fn origin_refused(reason: DenyReason) -> Answer {
     a
 }
 
-/// Answers an API request: validate, authorise, look up, render.
-pub fn answer(snap: &Snapshot, req: &ApiRequest<'_>) -> Answer {
+/// 429 with `Retry-After`, for any limit.
+pub fn too_many_requests(refusal: Refusal) -> Answer {
+    let mut a = error(429, "too many requests").with_header(
+        header::RETRY_AFTER,
+        HeaderValue::from(limits::retry_after_secs(refusal.retry_after)),
+    );
+    a.limited = Some(refusal.exceeded);
+    a
+}
+
+/// Whether request headers announce a body: a non-zero `Content-Length`
+/// (or one that is not a number), or any `Transfer-Encoding`.
+pub fn declares_body(content_length: Option<&[u8]>, transfer_encoding: bool) -> bool {
+    transfer_encoding || content_length.is_some_and(|v| v != b"0")
+}
+
+/// Answers an API request: limit, validate, authorise, look up, render.
+/// Every request from a client counts against its limit, refused ones too;
+/// only allowed ones count against their project's.
+pub fn answer(snap: &Snapshot, req: &ApiRequest<'_>, limiter: &Limiter) -> Answer {
+    let per_minute = snap.config.limits.requests_per_minute_per_ip;
+    if let Err(refusal) = limiter.client_request(req.client_ip, per_minute) {
+        return too_many_requests(refusal);
+    }
     if req.method == Method::Other {
         return method_not_allowed(API_ALLOW);
     }
@@ -158,6 +184,12 @@ pub fn answer(snap: &Snapshot, req: &ApiRequest<'_>) -> Answer {
     };
     if let Decision::Deny(reason) = origin::decide(&project.domains, &caller) {
         let mut a = origin_refused(reason);
+        a.project = Some(project.id.as_str().to_owned());
+        return a;
+    }
+    if let Err(refusal) = limiter.project_request(project.id.as_str(), project.requests_per_minute)
+    {
+        let mut a = too_many_requests(refusal);
         a.project = Some(project.id.as_str().to_owned());
         return a;
     }

@@ -77,7 +77,60 @@ struct RawConfig {
     #[serde(default)]
     user_agent: RawUserAgent,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     site: Vec<RawSite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_requests_per_minute_per_ip")]
+    requests_per_minute_per_ip: u32,
+    #[serde(default = "default_max_connections_per_ip")]
+    max_connections_per_ip: u32,
+    #[serde(default = "default_request_header_timeout", with = "humantime_serde")]
+    request_header_timeout: Duration,
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    keepalive_timeout: Duration,
+    #[serde(default = "default_keepalive_requests")]
+    keepalive_requests: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            requests_per_minute_per_ip: default_requests_per_minute_per_ip(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            request_header_timeout: default_request_header_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+            keepalive_requests: default_keepalive_requests(),
+        }
+    }
+}
+
+/// A page view calls the API once; ten a second from one address leaves
+/// room for offices and carrier NAT.
+fn default_requests_per_minute_per_ip() -> u32 {
+    600
+}
+
+/// Browsers open at most six connections per host; this leaves room for
+/// many browsers behind one NAT address.
+fn default_max_connections_per_ip() -> u32 {
+    128
+}
+
+fn default_request_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_keepalive_requests() -> u32 {
+    1000
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +274,8 @@ struct RawProjects {
 struct RawProject {
     id: String,
     domains: Vec<String>,
+    #[serde(default)]
+    requests_per_minute: u32,
 }
 
 // ---------------------------------------------------------------------------
@@ -240,9 +295,26 @@ pub struct Config {
     pub client_ip: ClientIp,
     pub metrics: Option<Metrics>,
     pub user_agent: UserAgent,
+    pub limits: Limits,
     /// `[[site]]` tables, in file order; names not resolved yet (see
     /// `sites::Sites::build`).
     pub sites: Vec<SiteConfig>,
+}
+
+/// `[limits]`: abuse limits (0 disables a count or a timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// API requests per minute from one client address.
+    pub requests_per_minute_per_ip: u32,
+    /// Concurrent connections from one peer address (trusted proxies are
+    /// exempt).
+    pub max_connections_per_ip: u32,
+    /// Time allowed for a whole HTTP/1 request head, from its first byte.
+    pub request_header_timeout: Duration,
+    /// How long an idle kept-alive connection stays open.
+    pub keepalive_timeout: Duration,
+    /// Requests served on one HTTP/1 connection before it is closed.
+    pub keepalive_requests: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -345,6 +417,8 @@ pub fn is_valid_project_id(s: &str) -> bool {
 pub struct Project {
     pub id: ProjectId,
     pub domains: Vec<DomainPattern>,
+    /// Requests per minute for the whole project; 0: no limit.
+    pub requests_per_minute: u32,
 }
 
 /// `projects.toml`, validated: ids unique, domains parsed.
@@ -466,6 +540,7 @@ impl Config {
             user_agent: UserAgent {
                 regexes: raw.user_agent.regexes.as_deref().map(resolve),
             },
+            limits: limits(file, &raw.limits)?,
             sites,
         })
     }
@@ -531,7 +606,11 @@ impl Projects {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            list.push(Project { id, domains });
+            list.push(Project {
+                id,
+                domains,
+                requests_per_minute: p.requests_per_minute,
+            });
         }
         Ok(Projects { list, by_id })
     }
@@ -672,6 +751,25 @@ fn tls_settings(
 
 /// An API mount path (`api.path`, `site[i].api_path`): absolute, of
 /// `[A-Za-z0-9/-_.~]`, not `/`; a trailing `/` is added.
+fn limits(file: &Path, raw: &RawLimits) -> Result<Limits, ConfigError> {
+    let hour = Duration::from_secs(3600);
+    for (key, value) in [
+        ("limits.request_header_timeout", raw.request_header_timeout),
+        ("limits.keepalive_timeout", raw.keepalive_timeout),
+    ] {
+        if value > hour {
+            return Err(ConfigError::invalid(file, key, "longer than 1h"));
+        }
+    }
+    Ok(Limits {
+        requests_per_minute_per_ip: raw.requests_per_minute_per_ip,
+        max_connections_per_ip: raw.max_connections_per_ip,
+        request_header_timeout: raw.request_header_timeout,
+        keepalive_timeout: raw.keepalive_timeout,
+        keepalive_requests: raw.keepalive_requests,
+    })
+}
+
 pub(crate) fn api_path_at(file: &Path, key: &str, path: &str) -> Result<String, ConfigError> {
     let valid_chars = path
         .bytes()
@@ -926,6 +1024,29 @@ addr = "127.0.0.1:9180"
         assert!(e.contains("unknown field `bogus`"), "{e}");
         let e = error(&text.replace("app.internal:443", "app.internal"));
         assert!(e.contains("site[0].upstreams[0]"), "{e}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_can_be_set() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.limits.requests_per_minute_per_ip, 600);
+        assert_eq!(c.limits.max_connections_per_ip, 128);
+        assert_eq!(c.limits.request_header_timeout, Duration::from_secs(10));
+        let c = parse(&format!(
+            "{GOOD}\n[limits]\nrequests_per_minute_per_ip = 0\nrequest_header_timeout = \"2s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.requests_per_minute_per_ip, 0);
+        assert_eq!(c.limits.request_header_timeout, Duration::from_secs(2));
+        let e = error(&format!("{GOOD}\n[limits]\nkeepalive_timeout = \"2h\"\n"));
+        assert!(
+            e.contains("limits.keepalive_timeout: longer than 1h"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{GOOD}\n[limits]\nrequests_per_minute_per_ip = -1\n"
+        ));
+        assert!(e.contains("limits.requests_per_minute_per_ip"), "{e}");
     }
 
     #[test]

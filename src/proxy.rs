@@ -21,6 +21,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::api::{self, Answer, ApiRequest, Method, Route};
 use crate::client_ip;
 use crate::config::ListenerKind as Role;
+use crate::limits::Limiter;
 use crate::metrics::METRICS;
 use crate::sites::{self, Site, VISITOR_HEADERS, VISITOR_HEADER_PREFIX};
 use crate::snapshot::{Shared, Snapshot};
@@ -29,11 +30,16 @@ use crate::snapshot::{Shared, Snapshot};
 pub struct Visitord {
     shared: Shared,
     role: Role,
+    limiter: Arc<Limiter>,
 }
 
 impl Visitord {
-    pub fn new(shared: Shared, role: Role) -> Visitord {
-        Visitord { shared, role }
+    pub fn new(shared: Shared, role: Role, limiter: Arc<Limiter>) -> Visitord {
+        Visitord {
+            shared,
+            role,
+            limiter,
+        }
     }
 }
 
@@ -78,6 +84,7 @@ impl ProxyHttp for Visitord {
     }
 
     async fn request_filter(&self, s: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        keep_alive(s, &ctx.snap);
         let req = s.req_header();
         let route = api::route_request(
             &ctx.snap.sites,
@@ -91,9 +98,10 @@ impl ProxyHttp for Visitord {
             Route::Health => api::health(true),
             Route::Ready => api::health(true),
             Route::Redirect { https_port } => api::redirect(host(s), https_port, path_and_query(s)),
+            Route::Api if declares_body(s) => refuse_body(s),
             Route::Api => {
                 let facts = read_api_request(s, &ctx.snap);
-                let answer = api::answer(&ctx.snap, &facts);
+                let answer = api::answer(&ctx.snap, &facts, &self.limiter);
                 if let Some(reason) = answer.rejection {
                     METRICS
                         .origin_rejections
@@ -102,10 +110,11 @@ impl ProxyHttp for Visitord {
                 }
                 answer
             }
+            Route::SiteApi(_) if declares_body(s) => refuse_body(s),
             Route::NotFound => api::not_found(),
             Route::Site(i) | Route::SiteApi(i) => {
                 let same_origin = matches!(route, Route::SiteApi(_));
-                match site_request(s, &ctx.snap, i, same_origin) {
+                match site_request(s, &ctx.snap, i, same_origin, &self.limiter) {
                     Err(answer) => answer,
                     Ok(request) => {
                         ctx.site = Some(request);
@@ -114,6 +123,12 @@ impl ProxyHttp for Visitord {
                 }
             }
         };
+        if let Some(exceeded) = answer.limited {
+            METRICS
+                .rate_limited
+                .with_label_values(&[exceeded.as_label()])
+                .inc();
+        }
         respond(s, ctx, answer, self.role == Role::Tls).await?;
         Ok(true)
     }
@@ -334,11 +349,18 @@ fn site_request(
     snap: &Snapshot,
     index: usize,
     same_origin: bool,
+    limiter: &Limiter,
 ) -> Result<SiteRequest, Answer> {
     let Some(site) = snap.sites.get(index) else {
         return Err(api::not_found());
     };
     let facts = read_api_request(s, snap);
+    if same_origin {
+        let per_minute = snap.config.limits.requests_per_minute_per_ip;
+        if let Err(refusal) = limiter.client_request(facts.client_ip, per_minute) {
+            return Err(api::too_many_requests(refusal));
+        }
+    }
     let user_agent = facts
         .user_agent
         .and_then(|b| std::str::from_utf8(b).ok())
@@ -376,6 +398,34 @@ fn site_request(
         upstream: None,
         attempts: 0,
     })
+}
+
+/// Bounds how long an idle HTTP/1 connection is kept (Pingora keeps an
+/// HTTP/1.1 connection forever unless told otherwise). A client that asked
+/// to close still gets its connection closed. 0 turns keep-alive off.
+fn keep_alive(s: &mut Session, snap: &Snapshot) {
+    if s.get_keepalive().is_some() {
+        let secs = snap.config.limits.keepalive_timeout.as_secs();
+        s.set_keepalive((secs > 0).then_some(secs));
+    }
+}
+
+/// Does the request announce a body? The API takes none.
+fn declares_body(s: &Session) -> bool {
+    let headers = &s.req_header().headers;
+    api::declares_body(
+        headers
+            .get(header::CONTENT_LENGTH)
+            .map(HeaderValue::as_bytes),
+        headers.contains_key(header::TRANSFER_ENCODING),
+    )
+}
+
+/// 413 without reading the body; the connection is not reused, since the
+/// unread body would be taken for the next request.
+fn refuse_body(s: &mut Session) -> Answer {
+    s.set_keepalive(None);
+    api::error(413, "request body not allowed")
 }
 
 /// Writes an answer with the headers every answer carries.

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::PreTlsProcess;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest};
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -23,6 +24,8 @@ use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, ListenerKind};
+use crate::connection::Guarded;
+use crate::limits::Limiter;
 use crate::metrics::METRICS;
 use crate::proxy::{CertResolver, MetricsApp, Visitord};
 use crate::proxy_protocol::{self, Parsed, ProxyHeader};
@@ -97,6 +100,13 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
+    // One set of counters for every listener and every snapshot.
+    let limiter = Arc::new(Limiter::new());
+    let handler = |role: ListenerKind| -> Guarded<HttpProxy<Visitord>> {
+        let mut proxy = http_proxy(&conf, Visitord::new(shared.clone(), role, limiter.clone()));
+        proxy.server_options = Some(server_options(&config));
+        Guarded::new(proxy, shared.clone(), limiter.clone())
+    };
 
     // Pingora's pre-TLS hook is per service (`Listeners`), so listeners
     // that take the PROXY protocol get a service of their own.
@@ -115,11 +125,7 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         } else {
             "visitord https"
         };
-        let mut service = http_proxy_service_with_name(
-            &conf,
-            Visitord::new(shared.clone(), ListenerKind::Tls),
-            name,
-        );
+        let mut service = Service::new(name.to_owned(), handler(ListenerKind::Tls));
         if proxy_protocol {
             service
                 .endpoints()
@@ -137,11 +143,7 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
 
     for l in &config.listeners {
         if let ListenerKind::Redirect { .. } = l.kind {
-            let mut service = http_proxy_service_with_name(
-                &conf,
-                Visitord::new(shared.clone(), l.kind),
-                "visitord http redirect",
-            );
+            let mut service = Service::new("visitord http redirect".to_owned(), handler(l.kind));
             service.threads = Some(1);
             service.add_tcp(&l.addr.to_string());
             server.add_service(service);
@@ -170,6 +172,18 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     );
     server.run(pingora::server::RunArgs::default());
     Ok(())
+}
+
+/// Keep-alive bounds (restart to change): Pingora's defaults are no limit on
+/// requests per connection and no idle timeout for HTTP/2. HTTP/2 keeps
+/// `default_h2_options()` (100 streams, 64 KiB of headers) by leaving
+/// `h2_options` unset.
+fn server_options(config: &Config) -> HttpServerOptions {
+    let limits = &config.limits;
+    let mut options = HttpServerOptions::default();
+    options.keepalive_request_limit = Some(limits.keepalive_requests).filter(|&n| n > 0);
+    options.h2_idle_timeout = Some(limits.keepalive_timeout).filter(|d| !d.is_zero());
+    options
 }
 
 /// How long a connection on a PROXY protocol listener may take to send its

@@ -487,7 +487,7 @@ pub fn raw_tls(
     let _ = tls.flush();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
+    while !response_complete(&out) {
         match tls.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -495,6 +495,24 @@ pub fn raw_tls(
         }
     }
     out
+}
+
+/// Whether `bytes` hold one whole HTTP/1 response (head, and as many body
+/// bytes as `Content-Length` says), so a kept-alive connection need not be
+/// waited out.
+pub fn response_complete(bytes: &[u8]) -> bool {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match length {
+        Some(n) => bytes.len() >= end + 4 + n,
+        None => head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304"),
+    }
 }
 
 /// A TCP connection from `bind` (any loopback address) to `addr`.

@@ -1,0 +1,229 @@
+//! Abuse limits: requests per minute per client address and per project,
+//! and concurrent connections per peer address.
+//!
+//! Memory is fixed whatever the number of clients: counts live in
+//! count-min sketches (`pingora_limits`), which store counters, never keys —
+//! no client address is kept anywhere. The price is accuracy: addresses
+//! whose hashes collide in every row share counts, so a client can be
+//! counted high (never low). With `IP_SLOTS` counters per row and four rows,
+//! the expected overcount of an address is at most about
+//! `requests in the window / IP_SLOTS`: at 1,000,000 requests per minute
+//! across all clients, about 15 requests per minute — small next to the
+//! default limit of 600.
+//!
+//! Windows are fixed minutes: a client can send up to twice its limit
+//! across a window boundary, and `Retry-After` names the end of the current
+//! window.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use pingora_limits::inflight::{Guard, Inflight};
+use pingora_limits::rate::Rate;
+
+const WINDOW: Duration = Duration::from_secs(60);
+/// Counters per sketch row for client addresses (two sketches of 4 rows:
+/// 2 MiB in all).
+pub const IP_SLOTS: usize = 32_768;
+/// Projects are few and named in configuration.
+const PROJECT_SLOTS: usize = 1024;
+const ROWS: usize = 4;
+
+/// Which limit a request ran into (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    ClientRate,
+    ProjectRate,
+    Connections,
+}
+
+impl Exceeded {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Exceeded::ClientRate => "client_rate",
+            Exceeded::ProjectRate => "project_rate",
+            Exceeded::Connections => "connections",
+        }
+    }
+}
+
+/// A refusal: which limit, and how long until trying again makes sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub exceeded: Exceeded,
+    pub retry_after: Duration,
+}
+
+/// The counters. One per process, shared by every snapshot: a reload must
+/// not hand every client a fresh allowance. The limits themselves come from
+/// the configuration of the snapshot a request runs on.
+pub struct Limiter {
+    clients: Rate,
+    projects: Rate,
+    connections: Inflight,
+    started: Instant,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter::new()
+    }
+}
+
+impl Limiter {
+    pub fn new() -> Limiter {
+        Limiter {
+            clients: Rate::new_with_estimator_config(WINDOW, ROWS, IP_SLOTS),
+            projects: Rate::new_with_estimator_config(WINDOW, ROWS, PROJECT_SLOTS),
+            connections: Inflight::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts one request from `client`; refuses it above `per_minute`
+    /// (0: no limit, nothing counted).
+    pub fn client_request(&self, client: IpAddr, per_minute: u32) -> Result<(), Refusal> {
+        self.count(&self.clients, &client, per_minute, Exceeded::ClientRate)
+    }
+
+    /// Counts one request for `project`; refuses it above `per_minute`.
+    pub fn project_request(&self, project: &str, per_minute: u32) -> Result<(), Refusal> {
+        self.count(&self.projects, &project, per_minute, Exceeded::ProjectRate)
+    }
+
+    fn count<K: Hash>(
+        &self,
+        rate: &Rate,
+        key: &K,
+        per_minute: u32,
+        exceeded: Exceeded,
+    ) -> Result<(), Refusal> {
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let seen = rate.observe(key, 1);
+        if seen <= per_minute as isize {
+            Ok(())
+        } else {
+            Err(Refusal {
+                exceeded,
+                retry_after: self.rest_of_window(),
+            })
+        }
+    }
+
+    /// Registers a connection from `peer`; the returned guard holds its
+    /// place until dropped. Above `max` (0: no limit) the connection is
+    /// refused and the caller closes it.
+    pub fn open_connection(&self, peer: IpAddr, max: u32) -> Result<Option<Guard>, Refusal> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let (guard, open) = self.connections.incr(peer, 1);
+        if open <= max as isize {
+            Ok(Some(guard))
+        } else {
+            Err(Refusal {
+                exceeded: Exceeded::Connections,
+                retry_after: Duration::from_secs(1),
+            })
+        }
+    }
+
+    /// Time left in the current fixed window (at least a second, so that
+    /// `Retry-After` is never 0).
+    fn rest_of_window(&self) -> Duration {
+        let window = WINDOW.as_millis();
+        let into = self.started.elapsed().as_millis() % window;
+        let rest = Duration::from_millis((window - into) as u64);
+        rest.max(Duration::from_secs(1))
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn client_limit_refuses_above_the_limit_with_retry_after() {
+        let l = Limiter::new();
+        for _ in 0..5 {
+            assert!(l.client_request(ip("192.0.2.1"), 5).is_ok());
+        }
+        let refusal = l.client_request(ip("192.0.2.1"), 5).unwrap_err();
+        assert_eq!(refusal.exceeded, Exceeded::ClientRate);
+        assert!(refusal.retry_after <= WINDOW && refusal.retry_after >= Duration::from_secs(1));
+        // Another client is not affected.
+        assert!(l.client_request(ip("192.0.2.2"), 5).is_ok());
+    }
+
+    #[test]
+    fn zero_disables_a_limit() {
+        let l = Limiter::new();
+        for _ in 0..1000 {
+            assert!(l.client_request(ip("192.0.2.1"), 0).is_ok());
+            assert!(l.project_request("demo", 0).is_ok());
+        }
+        assert!(l.open_connection(ip("192.0.2.1"), 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn project_limit_is_per_project() {
+        let l = Limiter::new();
+        for _ in 0..3 {
+            assert!(l.project_request("a", 3).is_ok());
+        }
+        assert_eq!(
+            l.project_request("a", 3).unwrap_err().exceeded,
+            Exceeded::ProjectRate
+        );
+        assert!(l.project_request("b", 3).is_ok());
+    }
+
+    #[test]
+    fn connections_are_released_when_the_guard_drops() {
+        let l = Limiter::new();
+        let peer = ip("2001:db8::1");
+        let a = l.open_connection(peer, 2).unwrap();
+        let b = l.open_connection(peer, 2).unwrap();
+        assert_eq!(
+            l.open_connection(peer, 2).unwrap_err().exceeded,
+            Exceeded::Connections
+        );
+        drop(a);
+        let c = l.open_connection(peer, 2).unwrap();
+        assert!(c.is_some());
+        drop((b, c));
+    }
+
+    /// Many distinct clients do not push an honest one over its limit: the
+    /// sketch is sized for realistic client counts.
+    #[test]
+    fn many_clients_do_not_starve_one() {
+        let l = Limiter::new();
+        for i in 0..200_000u32 {
+            let other = IpAddr::from(i.to_be_bytes());
+            let _ = l.client_request(other, 600);
+        }
+        for _ in 0..550 {
+            assert!(l.client_request(ip("198.51.100.7"), 600).is_ok());
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(59)), 59);
+        assert_eq!(retry_after_secs(Duration::from_millis(59_001)), 60);
+    }
+}

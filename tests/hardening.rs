@@ -1,0 +1,476 @@
+//! Abuse resistance (issue "[hardening]"): rate limits, connection limits,
+//! the request-head deadline, and hostile requests over raw TLS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{raw_status, raw_tls, Options, Server};
+
+const ALLOWED: &str = "https://example.com";
+
+fn limits(extra: &str) -> Options {
+    Options {
+        extra: format!("\n[limits]\n{extra}\n"),
+        ..Options::default()
+    }
+}
+
+#[test]
+fn rate_limits_answer_429_with_retry_after() {
+    let s = Server::with(Options {
+        projects: "[[project]]\nid = \"demo\"\ndomains = [\"example.com\"]\n\n[[project]]\nid = \"small\"\ndomains = [\"example.com\"]\nrequests_per_minute = 3\n".into(),
+        ..limits("requests_per_minute_per_ip = 5")
+    });
+    fn from(ip: &str) -> [(&str, &str); 2] {
+        [("Origin", ALLOWED), ("X-Forwarded-For", ip)]
+    }
+    for _ in 0..5 {
+        assert_eq!(s.api("?pid=demo", &from("198.51.100.1")).status, 200);
+    }
+    let r = s.api("?pid=demo", &from("198.51.100.1"));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"status":429,"result":"too many requests","data":null})
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(r.header("access-control-allow-origin").is_none());
+    // Another client is unaffected.
+    assert_eq!(s.api("?pid=demo", &from("198.51.100.2")).status, 200);
+
+    // The project limit counts every client of the project.
+    for i in 0..3 {
+        let ip = format!("203.0.113.{i}");
+        assert_eq!(s.api("?pid=small", &from(&ip)).status, 200);
+    }
+    assert_eq!(s.api("?pid=small", &from("203.0.113.9")).status, 429);
+
+    let text = s.metrics_text();
+    assert!(
+        text.contains("visitord_rate_limited_total{reason=\"client_rate\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("visitord_rate_limited_total{reason=\"project_rate\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn zero_disables_the_client_limit() {
+    let s = Server::with(limits("requests_per_minute_per_ip = 0"));
+    for _ in 0..30 {
+        assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+    }
+}
+
+/// A client trickling its request head, one byte inside any per-read
+/// timeout, is cut off at the head deadline.
+#[test]
+fn slow_header_clients_are_cut_off() {
+    let s = Server::with(limits("request_header_timeout = \"1s\""));
+    let config = Arc::new(s.ca.client_config());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(s.https).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut closed_after = None;
+    while started.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(250));
+        if tls
+            .write_all(b"X-Slow: a\r\n")
+            .and_then(|_| tls.flush())
+            .is_err()
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        tls.sock.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1];
+        let eof = matches!(tls.read(&mut buf), Ok(0) | Ok(_));
+        tls.sock.set_nonblocking(false).unwrap();
+        if eof {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let took = closed_after.expect("the slow client was never cut off");
+    assert!(took < Duration::from_secs(3), "cut off after {took:?}");
+    // A normal client is still served.
+    assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+}
+
+#[test]
+fn connections_per_address_are_capped() {
+    let s = Server::with(Options {
+        trusted_proxies: vec![],
+        ..limits("max_connections_per_ip = 3")
+    });
+    let config = Arc::new(s.ca.client_config());
+    let open = || {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let tcp = std::net::TcpStream::connect(s.https).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        rustls::StreamOwned::new(conn, tcp)
+    };
+    let request =
+        b"GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\n\r\n";
+    let answered =
+        |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
+            if tls.write_all(request).is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 12];
+            tls.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+        };
+    let mut held: Vec<_> = (0..3).map(|_| open()).collect();
+    for tls in &mut held {
+        assert!(answered(tls));
+    }
+    let mut fourth = open();
+    assert!(!answered(&mut fourth), "a fourth connection was served");
+    held.pop();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = open();
+    assert!(answered(&mut again), "a freed place was not reused");
+    let text = s.metrics_text();
+    assert!(
+        text.contains("visitord_rate_limited_total{reason=\"connections\"}"),
+        "{text}"
+    );
+}
+
+#[test]
+fn api_refuses_request_bodies_before_reading_them() {
+    let s = Server::start();
+    for req in [
+        "GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\nContent-Length: 5\r\n\r\nhello",
+        "GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let out = raw_tls(s.https, &s.ca, None, req.as_bytes(), Duration::from_secs(5));
+        assert_eq!(raw_status(&out), Some(413), "{}", String::from_utf8_lossy(&out));
+        assert!(String::from_utf8_lossy(&out).contains(r#""status":413"#));
+    }
+}
+
+/// What a hostile request may get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A 4xx with the JSON envelope.
+    Refused,
+    /// Harmless input that is answered normally: 2xx, or a 4xx JSON refusal.
+    Served,
+    /// Not HTTP, or HTTP that Pingora's parser refuses before any visitord
+    /// code runs: a 4xx (Pingora's, without a body) or a closed connection.
+    Protocol,
+}
+
+/// More than a hundred malformed or hostile requests over raw TLS: none
+/// gets a 5xx or kills the server, each refusal of a parsed request is a 4xx
+/// JSON envelope, and the server keeps answering normally.
+#[test]
+fn hostile_requests_get_4xx_and_never_5xx() {
+    use Expect::*;
+    let s = Server::start();
+    let origin = "Origin: https://example.com\r\n";
+    let mut cases: Vec<(String, Vec<u8>, Expect)> = Vec::new();
+    let mut get = |label: String, target: &str, headers: &str, expect: Expect| {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n");
+        cases.push((label, req.into_bytes(), expect));
+    };
+    for q in [
+        "",
+        "?",
+        "?pid",
+        "?pid=",
+        "?pid=%",
+        "?pid=%2",
+        "?pid=%zz",
+        "?pid=%00",
+        "?pid=%0d%0a",
+        "?pid=%ff",
+        "?pid=%c3%28",
+        "?pid=demo&pid=demo",
+        "?pid=demo&pid=x",
+        "?pid=a.b",
+        "?pid=a%20b",
+        "?pid=../../etc/passwd",
+        "?pid=%2e%2e%2f",
+        "?pid=%3Cscript%3E",
+        "?pid='%20OR%201=1--",
+        "?pid=demo%00",
+        "?pid=%u0041",
+        "?pid=%C3%A9",
+        "?pid=demo%2526",
+        "?x=%&pid=demo",
+        "?pid==demo",
+        "?=&=&pid",
+        "?pid=demo&x=%C2%85",
+    ] {
+        get(format!("query {q}"), &format!("/api/{q}"), origin, Refused);
+    }
+    for control in [
+        "%01", "%07", "%08", "%09", "%0b", "%0c", "%1b", "%1f", "%7f", "%c2%80",
+    ] {
+        let target = format!("/api/?pid=de{control}mo");
+        get(format!("control {control}"), &target, origin, Refused);
+    }
+    get(
+        "pid of 65 bytes".into(),
+        &format!("/api/?pid={}", "a".repeat(65)),
+        origin,
+        Refused,
+    );
+    get(
+        "query over 2048 bytes".into(),
+        &format!("/api/?pid=demo&x={}", "y".repeat(3000)),
+        origin,
+        Refused,
+    );
+    get(
+        "40 parameters".into(),
+        &format!("/api/?{}pid=demo", "a=1&".repeat(40)),
+        origin,
+        Refused,
+    );
+    get(
+        "path of 5000 bytes".into(),
+        &format!("/api/{}", "x".repeat(5000)),
+        origin,
+        Refused,
+    );
+    for target in [
+        "/api/../api/?pid=demo",
+        "/%61pi/?pid=demo",
+        "/api/%2e%2e/",
+        "//api/?pid=demo",
+        "/API/?pid=demo",
+        "/api/x?pid=demo",
+    ] {
+        get(format!("path {target}"), target, origin, Refused);
+    }
+    for (label, headers) in [
+        ("no origin", String::new()),
+        ("null origin", "Origin: null\r\n".to_owned()),
+        ("empty origin", "Origin: \r\n".to_owned()),
+        (
+            "origin with path",
+            "Origin: https://example.com/x\r\n".to_owned(),
+        ),
+        (
+            "origin with userinfo",
+            "Origin: https://a@example.com\r\n".to_owned(),
+        ),
+        (
+            "origin javascript",
+            "Origin: javascript:alert(1)\r\n".to_owned(),
+        ),
+        ("origin file", "Origin: file://\r\n".to_owned()),
+        ("origin data", "Origin: data:text/html,x\r\n".to_owned()),
+        (
+            "origin 10k",
+            format!("Origin: https://{}.com\r\n", "a".repeat(10_000)),
+        ),
+        (
+            "origin bad port",
+            "Origin: https://example.com:99999\r\n".to_owned(),
+        ),
+        (
+            "origin port 0",
+            "Origin: https://example.com:0\r\n".to_owned(),
+        ),
+        ("origin ipv6 junk", "Origin: https://[::1\r\n".to_owned()),
+        (
+            "origin label 64",
+            format!("Origin: https://{}.example.com\r\n", "b".repeat(64)),
+        ),
+        (
+            "origin non-ascii",
+            "Origin: https://b\u{fc}cher.example\r\n".to_owned(),
+        ),
+        (
+            "two origins",
+            "Origin: https://example.com\r\nOrigin: https://evil.com\r\n".to_owned(),
+        ),
+        ("origin http", "Origin: http://example.com\r\n".to_owned()),
+        (
+            "origin suffix trick",
+            "Origin: https://example.com.evil.net\r\n".to_owned(),
+        ),
+        (
+            "origin prefix trick",
+            "Origin: https://evilexample.com\r\n".to_owned(),
+        ),
+        (
+            "referer 10k",
+            format!("Referer: https://example.com/{}\r\n", "r".repeat(10_000)),
+        ),
+        ("referer garbage", "Referer: ::::\r\n".to_owned()),
+        (
+            "referer javascript",
+            "Referer: javascript:alert(1)\r\n".to_owned(),
+        ),
+        (
+            "referer userinfo",
+            "Referer: https://u:p@example.com/\r\n".to_owned(),
+        ),
+        (
+            "content-length body",
+            format!("{origin}Content-Length: 3\r\n"),
+        ),
+        (
+            "chunked body",
+            format!("{origin}Transfer-Encoding: chunked\r\n"),
+        ),
+        (
+            "expect continue",
+            format!("{origin}Expect: 100-continue\r\nContent-Length: 10\r\n"),
+        ),
+    ] {
+        get(label.to_owned(), "/api/?pid=demo", &headers, Refused);
+    }
+    for (label, headers) in [
+        (
+            "xff garbage",
+            format!("{origin}X-Forwarded-For: not-an-ip, ,,,\r\n"),
+        ),
+        (
+            "xff 1000 hops",
+            format!("{origin}X-Forwarded-For: {}\r\n", "1.2.3.4, ".repeat(1000)),
+        ),
+        (
+            "forwarded garbage",
+            format!("{origin}Forwarded: for=\"[::1\r\n"),
+        ),
+        (
+            "forwarded quotes",
+            format!("{origin}Forwarded: for=\"\\\"\", by=;;;\r\n"),
+        ),
+        (
+            "ua 64k",
+            format!("{origin}User-Agent: {}\r\n", "Mozilla ".repeat(8000)),
+        ),
+        (
+            "ua non-ascii",
+            format!("{origin}User-Agent: \u{ff}\u{fe}\r\n"),
+        ),
+        (
+            "preflight headers",
+            format!(
+                "{origin}Access-Control-Request-Headers: {}\r\n",
+                "x-a,".repeat(500)
+            ),
+        ),
+        ("no host", origin.to_owned()),
+    ] {
+        get(label.to_owned(), "/api/?pid=demo", &headers, Served);
+    }
+    for method in ["POST", "PUT", "DELETE", "PATCH", "TRACE", "PROPFIND", "FOO"] {
+        let req = format!("{method} /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\n{origin}Content-Length: 0\r\n\r\n");
+        cases.push((format!("method {method}"), req.into_bytes(), Refused));
+    }
+    for (label, raw) in [
+        ("http/1.0", b"GET /api/?pid=demo HTTP/1.0\r\nOrigin: https://example.com\r\n\r\n".to_vec()),
+        ("absolute form", b"GET https://evil.com/api/?pid=demo HTTP/1.1\r\nHost: evil.com\r\nOrigin: https://evil.com\r\n\r\n".to_vec()),
+        ("lf only", b"GET /api/?pid=demo HTTP/1.1\nHost: x\nOrigin: https://example.com\n\n".to_vec()),
+    ] {
+        cases.push((label.to_owned(), raw, Served));
+    }
+    for (label, raw) in [
+        ("garbage line", b"GARBAGE\r\n\r\n".to_vec()),
+        ("no version", b"GET /api/\r\n\r\n".to_vec()),
+        ("http/9.9", b"GET / HTTP/9.9\r\n\r\n".to_vec()),
+        (
+            "nul in target",
+            b"GET /api/\0 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "space in target",
+            b"GET /a pi/ HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "bad header name",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "header without colon",
+            b"GET / HTTP/1.1\r\nNoColon\r\n\r\n".to_vec(),
+        ),
+        (
+            "control char in header",
+            b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n".to_vec(),
+        ),
+        (
+            "bad content length",
+            b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        ),
+        (
+            "two content lengths",
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
+        ),
+        ("binary noise", (0u8..=255).rev().collect()),
+        (
+            "h2 preface on h1",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        ),
+        (
+            "300 headers",
+            format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(300)).into_bytes(),
+        ),
+        (
+            "connect",
+            b"CONNECT evil.com:443 HTTP/1.1\r\nHost: evil.com:443\r\n\r\n".to_vec(),
+        ),
+        (
+            "obs fold",
+            b"GET /api/?pid=demo HTTP/1.1\r\nOrigin: https://evil.com\r\n folded\r\n\r\n".to_vec(),
+        ),
+    ] {
+        cases.push((label.to_owned(), raw, Protocol));
+    }
+    assert!(cases.len() >= 100, "only {} cases", cases.len());
+
+    let mut seen = std::collections::BTreeMap::new();
+    for (label, raw, expect) in &cases {
+        let out = raw_tls(s.https, &s.ca, None, raw, Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&out);
+        let status = raw_status(&out);
+        *seen.entry(status).or_insert(0) += 1;
+        let json_envelope = |code: u16| {
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+            let v: serde_json::Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{label}: body is not JSON ({e}): {text}"));
+            assert_eq!(v["status"], code, "{label}");
+        };
+        match (expect, status) {
+            (_, Some(code)) if code >= 500 => panic!("{label}: {code}\n{text}"),
+            (Refused, Some(code)) => {
+                assert!((400..500).contains(&code), "{label}: {code}\n{text}");
+                json_envelope(code);
+            }
+            (Served, Some(code)) => {
+                assert!(code < 500, "{label}: {code}");
+                json_envelope(code);
+            }
+            (Protocol, Some(code)) => {
+                assert!((400..500).contains(&code), "{label}: {code}\n{text}")
+            }
+            (Protocol, None) => {}
+            (_, None) => panic!("{label}: no answer"),
+        }
+    }
+    eprintln!("{} hostile requests; statuses: {seen:?}", cases.len());
+    assert!(s.try_status().is_none(), "visitord died:\n{}", s.logs());
+    assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+    assert!(!s.logs().contains("panicked"), "{}", s.logs());
+}

@@ -1,0 +1,167 @@
+//! PRIVACY.md's promises: no client address in any log line at any level,
+//! nothing written to disk.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::{connect_from, raw_tls, Options, Server};
+
+/// A loopback address no other part of the setup uses, so that finding it
+/// in the log can only mean the client's address leaked.
+const CLIENT: &str = "127.45.67.89";
+
+fn client() -> IpAddr {
+    CLIENT.parse().unwrap()
+}
+
+/// Every kind of traffic from CLIENT.
+fn send_everything(s: &Server) {
+    let from = client();
+    let http = s.client_builder().local_address(from).build().unwrap();
+    let get = |path: &str, origin: &str| {
+        let _ = http.get(s.url(path)).header("Origin", origin).send();
+    };
+    get("/api/?pid=demo", "https://example.com");
+    get("/api/?pid=demo", "https://evil.example");
+    get("/api/?pid=nope", "https://example.com");
+    get("/api/?pid=%zz", "https://example.com");
+    get("/nowhere", "https://example.com");
+    for _ in 0..5 {
+        get("/api/?pid=demo", "https://example.com"); // over the rate limit
+    }
+    let _ = http.post(s.url("/api/?pid=demo")).body("x").send();
+    let _ = http
+        .request(reqwest::Method::OPTIONS, s.url("/api/?pid=demo"))
+        .header("Origin", "https://example.com")
+        .send();
+    // Plain HTTP to the redirect listener.
+    let plain = reqwest::blocking::Client::builder()
+        .local_address(from)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let _ = plain.get(format!("http://{}/api/?pid=demo", s.http)).send();
+    // Malformed HTTP over TLS.
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /\0 HTTP/1.1\r\n\r\n",
+    ] {
+        let _ = raw_tls(s.https, &s.ca, Some(from), raw, Duration::from_secs(3));
+    }
+    // Failed TLS handshakes: not TLS at all, and TLS cut short.
+    for raw in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"\x16\x03\x01\x00\x05hello",
+    ] {
+        let mut tcp = connect_from(s.https, Some(from));
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = tcp.write_all(raw);
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink);
+    }
+    // A connection that is opened and dropped.
+    drop(connect_from(s.https, Some(from)));
+}
+
+#[test]
+fn no_client_address_in_any_log_line() {
+    let s = Server::with(Options {
+        trusted_proxies: vec![],
+        rust_log: "trace",
+        extra: "\n[limits]\nrequests_per_minute_per_ip = 3\n".into(),
+        ..Options::default()
+    });
+    send_everything(&s);
+    // Let the last lines reach the log.
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = s.logs();
+    assert!(
+        logs.lines().filter(|l| l.contains("TRACE")).count() > 100,
+        "the log is not at trace level; the test proves nothing:\n{logs}"
+    );
+    assert!(
+        logs.contains("handshake"),
+        "no failed handshake was logged:\n{logs}"
+    );
+    let leaks: Vec<&str> = logs.lines().filter(|l| l.contains(CLIENT)).collect();
+    assert!(
+        leaks.is_empty(),
+        "{} lines name the client:\n{}",
+        leaks.len(),
+        leaks.join("\n")
+    );
+    // The metrics saw the traffic (so it did reach the server)...
+    let text = s.metrics_text();
+    assert!(
+        text.contains("visitord_rate_limited_total{reason=\"client_rate\"}"),
+        "{text}"
+    );
+    // ...and do not name the client either.
+    assert!(!text.contains(CLIENT));
+}
+
+#[test]
+fn nothing_is_written_to_disk() {
+    let s = Server::with(Options {
+        trusted_proxies: vec![],
+        ..Options::default()
+    });
+    let before = files_under(s.dir.path());
+    send_everything(&s);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = files_under(s.dir.path());
+    assert_eq!(
+        before, after,
+        "files appeared or vanished in the config folder"
+    );
+    // No file is open for writing but the inherited log (fds 1 and 2).
+    let pid = s.pid();
+    let log = s.path("visitord.log");
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let fd = entry.file_name().to_string_lossy().into_owned();
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.is_absolute() || target == log || !target.is_file() {
+            continue; // sockets, pipes, anon inodes, the log
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        assert_eq!(
+            flags & 0o3,
+            0,
+            "fd {fd} ({}) is open for writing",
+            target.display()
+        );
+    }
+    let _: SocketAddr = s.https;
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n != "visitord.log") {
+                let len = e.metadata().unwrap().len();
+                out.push((path, len));
+            }
+        }
+    }
+    out.sort();
+    out
+}
