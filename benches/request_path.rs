@@ -202,6 +202,23 @@ fn origin_check(c: &mut Criterion) {
     group.finish();
 }
 
+/// The per-client rate limit as the API counts it: one sketch update per
+/// request, over the 2,000 addresses.
+fn limits(c: &mut Criterion) {
+    let limiter = Limiter::new();
+    let ips = addresses();
+    let mut group = c.benchmark_group("limits");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    group.bench_function("client_request", |b| {
+        b.iter(|| {
+            i = (i + 1) % ips.len();
+            black_box(limiter.client_request(black_box(ips[i]), 1_000_000_000))
+        })
+    });
+    group.finish();
+}
+
 /// A config like the load benchmark's, in a temp dir, loaded the way `run` does.
 struct BenchConfig {
     _dir: tempfile::TempDir,
@@ -355,6 +372,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = geo_lookup, user_agent, origin_check, whole_answer
+    targets = geo_lookup, user_agent, origin_check, limits, whole_answer
 }
 criterion_main!(benches);

@@ -431,7 +431,19 @@ pub struct Projects {
 
 impl Projects {
     pub fn get(&self, id: &str) -> Option<&Project> {
-        self.by_id.get(id).map(|&i| &self.list[i])
+        self.find(id).map(|(_, p)| p)
+    }
+
+    /// The project and its index in file order (see [`Projects::at`]).
+    pub fn find(&self, id: &str) -> Option<(usize, &Project)> {
+        self.by_id
+            .get(id)
+            .and_then(|&i| Some((i, self.list.get(i)?)))
+    }
+
+    /// The project at `index` in file order.
+    pub fn at(&self, index: usize) -> Option<&Project> {
+        self.list.get(index)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Project> {

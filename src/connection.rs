@@ -147,7 +147,10 @@ impl Limited {
 struct HeadClock {
     limit: Duration,
     phase: Phase,
-    started: Instant,
+    /// Taken at the head's first wait for bytes, not at its first byte: a
+    /// head that arrives in one read (nearly all) never reads the clock, and
+    /// the first wait follows the first partial read within microseconds.
+    started: Option<Instant>,
     /// Armed lazily: most heads arrive in one read and never need a timer.
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
@@ -169,36 +172,49 @@ impl HeadClock {
         HeadClock {
             limit,
             phase: Phase::Idle,
-            started: Instant::now(),
+            started: None,
             sleep: None,
             armed: false,
             newlines: 0,
         }
     }
 
+    /// Watches the bytes read for the empty line that ends the head:
+    /// "\r\n\r\n", or "\n\n" from lenient clients. `newlines` counts the
+    /// line ends seen with nothing but `\r` between them, across reads.
     fn on_read(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            match self.phase {
-                Phase::Done => return,
-                Phase::Idle => {
-                    self.phase = Phase::Head;
-                    self.started = Instant::now();
-                    self.armed = false;
-                    self.newlines = 0;
-                }
-                Phase::Head => {}
+        match self.phase {
+            Phase::Done => return,
+            Phase::Idle if !bytes.is_empty() => {
+                self.phase = Phase::Head;
+                self.started = None;
+                self.armed = false;
+                self.newlines = 0;
             }
-            // The head ends at an empty line: "\r\n\r\n", or "\n\n" from
-            // lenient clients.
-            match b {
-                b'\n' => {
-                    self.newlines += 1;
-                    if self.newlines == 2 {
-                        self.phase = Phase::Done;
-                    }
+            Phase::Idle | Phase::Head => {}
+        }
+        let mut rest = bytes;
+        loop {
+            if self.newlines > 0 {
+                // Just after a line end: only `\r`s may come before the next.
+                let Some(at) = rest.iter().position(|&b| b != b'\r') else {
+                    return;
+                };
+                if rest[at] == b'\n' {
+                    self.phase = Phase::Done;
+                    return;
                 }
-                b'\r' => {}
-                _ => self.newlines = 0,
+                self.newlines = 0;
+                rest = &rest[at..];
+            }
+            // Jumping from line end to line end is what keeps this cheap:
+            // the head is read once by Pingora's parser already.
+            match memchr::memchr(b'\n', rest) {
+                Some(at) => {
+                    self.newlines = 1;
+                    rest = &rest[at + 1..];
+                }
+                None => return,
             }
         }
     }
@@ -218,7 +234,8 @@ impl HeadClock {
         if self.phase != Phase::Head {
             return false;
         }
-        let deadline = tokio::time::Instant::from_std(self.started + self.limit);
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let deadline = tokio::time::Instant::from_std(started + self.limit);
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -408,6 +425,62 @@ mod tests {
         let mut c = HeadClock::new(Duration::from_secs(1));
         c.on_read(b"GET / HTTP/1.1\r\nX: 1\r\nY: 2\r\n");
         assert_eq!(c.phase, Phase::Head);
+    }
+
+    /// The byte-at-a-time rule `on_read` implements, as a reference.
+    fn reference_done(chunks: &[&[u8]]) -> bool {
+        let mut newlines = 0;
+        for &b in chunks.iter().flat_map(|c| c.iter()) {
+            match b {
+                b'\n' => {
+                    newlines += 1;
+                    if newlines == 2 {
+                        return true;
+                    }
+                }
+                b'\r' => {}
+                _ => newlines = 0,
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn jumping_between_line_ends_agrees_with_the_byte_rule() {
+        let alphabet = [b'\r', b'\n', b'a', b' ', b':'];
+        let mut seed: u32 = 12345;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            seed >> 16
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() as usize) % alphabet.len()])
+                .collect();
+            // The same bytes split into reads at random points.
+            let mut cuts: Vec<usize> = (0..(next() % 4))
+                .map(|_| next() as usize % (len + 1))
+                .collect();
+            cuts.sort_unstable();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([len]) {
+                chunks.push(&text[from..cut]);
+                from = cut;
+            }
+            let mut c = HeadClock::new(Duration::from_secs(1));
+            for chunk in &chunks {
+                c.on_read(chunk);
+            }
+            let done = c.phase == Phase::Done;
+            assert_eq!(
+                done,
+                reference_done(&chunks),
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
     }
 
     #[tokio::test]

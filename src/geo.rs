@@ -9,14 +9,18 @@
 //!   all at the top level), including its split IPv4-only and IPv6-only files.
 //!
 //! Records are decoded into small borrowed structs holding only the fields
-//! visitord answers with, so a lookup allocates nothing.
+//! visitord answers with, so a lookup allocates nothing. Many addresses share
+//! one record, so each database also keeps recently decoded records, keyed by
+//! the record's offset in the file (never by address).
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use maxminddb::{MaxMindDbError, Reader, WithinOptions};
+use quick_cache::sync::Cache;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
@@ -171,7 +175,8 @@ impl<'a> Location<'a> {
         }
     }
 
-    fn is_complete(&self) -> bool {
+    /// The string fields, in declaration order.
+    fn strings(&self) -> [&'a str; STRING_FIELDS] {
         [
             self.country_code,
             self.country_name,
@@ -183,8 +188,25 @@ impl<'a> Location<'a> {
             self.postal_code,
             self.as_organization,
         ]
-        .iter()
-        .all(|s| !s.is_empty())
+    }
+
+    /// The same fields as [`Location::strings`], to fill.
+    fn strings_mut(&mut self) -> [&mut &'a str; STRING_FIELDS] {
+        [
+            &mut self.country_code,
+            &mut self.country_name,
+            &mut self.region_code,
+            &mut self.region_name,
+            &mut self.city,
+            &mut self.continent_code,
+            &mut self.timezone,
+            &mut self.postal_code,
+            &mut self.as_organization,
+        ]
+    }
+
+    fn is_complete(&self) -> bool {
+        self.strings().iter().all(|s| !s.is_empty())
             && self.latitude.is_some()
             && self.asn != 0
             && self.is_eu.is_some()
@@ -210,10 +232,25 @@ struct Database {
     /// writing the file, possibly in place, and a mapping whose file changes
     /// or shrinks under a lookup reads garbage or dies of SIGBUS. A reload
     /// reads the new file; requests keep the old bytes until they finish.
-    reader: Reader<Vec<u8>>,
+    reader: Reader<Bytes>,
+    /// A second handle on the reader's bytes (shared, not copied): cached
+    /// records point into them.
+    bytes: Bytes,
     shape: Shape,
     ip_version: u16,
+    /// False for an IPv6 tree with nothing under `::/96`, such as the IPv6
+    /// half of ip-location-db's split files: IPv4 addresses skip it instead
+    /// of walking its tree to an empty record on every request.
+    has_ipv4: bool,
+    /// Decoded records by data-section offset. It lives and dies with this
+    /// database's bytes, so a reloaded file starts with an empty cache.
+    records: Cache<usize, CachedRecord>,
 }
+
+/// How many decoded records each database keeps (about 150 bytes each).
+/// Traffic concentrates on far fewer records than addresses: a city
+/// database has one record per place, shared by all of its networks.
+const RECORD_CACHE_ENTRIES: usize = 8192;
 
 impl GeoDb {
     /// Opens and checks every file, in order. An empty list gives a database
@@ -317,7 +354,8 @@ impl Database {
         // from_source checks the metadata (format version 2, ip_version 4 or
         // 6, node_count > 0, record_size 24/28/32) and that the search tree
         // fits in the file.
-        let reader = Reader::from_source(bytes)
+        let bytes = Bytes::from(bytes);
+        let reader = Reader::from_source(bytes.clone())
             .map_err(|e| invalid(format!("not a valid MaxMind DB file: {e}")))?;
         let metadata = reader.metadata();
         let shape = match shape_from_type(&metadata.database_type) {
@@ -341,10 +379,15 @@ impl Database {
             ip_version: metadata.ip_version,
             node_count: metadata.node_count,
         };
+        let has_ipv4 =
+            has_ipv4_data(&reader).map_err(|e| invalid(format!("probe lookup failed: {e}")))?;
         let database = Database {
             ip_version: metadata.ip_version,
             reader,
+            bytes,
             shape,
+            has_ipv4,
+            records: Cache::new(RECORD_CACHE_ENTRIES),
         };
         for ip in probe_addresses() {
             // The address is not a client's, but errors never carry addresses.
@@ -357,16 +400,126 @@ impl Database {
 
     /// This database's record for `ip`, or `None` when it has none.
     fn find(&self, ip: IpAddr) -> Result<Option<Location<'_>>, MaxMindDbError> {
-        if ip.is_ipv6() && self.ip_version == 4 {
+        let can_answer = match ip {
+            IpAddr::V4(_) => self.has_ipv4,
+            IpAddr::V6(_) => self.ip_version != 4,
+        };
+        if !can_answer {
             return Ok(None);
         }
         let result = self.reader.lookup(ip)?;
-        Ok(match self.shape {
+        let Some(offset) = result.offset() else {
+            return Ok(None);
+        };
+        if let Some(location) = self
+            .records
+            .get(&offset)
+            .and_then(|cached| cached.location(&self.bytes))
+        {
+            return Ok(Some(location));
+        }
+        let location = match self.shape {
             Shape::City => result.decode::<CityRecord<'_>>()?.map(CityRecord::location),
             Shape::Asn | Shape::Flat => {
                 result.decode::<FlatRecord<'_>>()?.map(FlatRecord::location)
             }
+        };
+        if let Some(cached) = location.and_then(|l| CachedRecord::of(&l, &self.bytes)) {
+            self.records.insert(offset, cached);
+        }
+        Ok(location)
+    }
+}
+
+/// Whether any IPv4 address can have a record: the empty network that
+/// holds `0.0.0.0` is not all of IPv4 (`0.0.0.0/0`, or `::/96` or wider in
+/// an IPv6 tree). Conservative: any data, or any split of the IPv4 space,
+/// says yes.
+fn has_ipv4_data(reader: &Reader<Bytes>) -> Result<bool, MaxMindDbError> {
+    let first = reader.lookup(IpAddr::V4(Ipv4Addr::UNSPECIFIED))?;
+    if first.has_data() {
+        return Ok(true);
+    }
+    let network = first.network()?;
+    Ok(if network.is_ipv4() {
+        network.prefix() > 0
+    } else {
+        network.prefix() > 96
+    })
+}
+
+/// A decoded [`Location`] that can be kept beside the bytes it came from:
+/// its strings, which the decoder borrowed from the database, as ranges of
+/// those bytes.
+#[derive(Debug, Clone, Copy)]
+struct CachedRecord {
+    /// In [`Location::strings`] order.
+    strings: [Span; STRING_FIELDS],
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    asn: u32,
+    is_eu: Option<bool>,
+}
+
+/// `start..start + len` of the database bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+const STRING_FIELDS: usize = 9;
+
+impl CachedRecord {
+    /// `None` when a string is not a slice of `bytes` (or lies beyond
+    /// 4 GiB): such a record is simply not cached.
+    fn of(location: &Location<'_>, bytes: &[u8]) -> Option<CachedRecord> {
+        let base = bytes.as_ptr() as usize;
+        let span = |s: &str| -> Option<Span> {
+            if s.is_empty() {
+                return Some(Span::default());
+            }
+            let start = (s.as_ptr() as usize).checked_sub(base)?;
+            if start.checked_add(s.len())? > bytes.len() {
+                return None;
+            }
+            Some(Span {
+                start: u32::try_from(start).ok()?,
+                len: u32::try_from(s.len()).ok()?,
+            })
+        };
+        let mut strings = [Span::default(); STRING_FIELDS];
+        for (slot, s) in strings.iter_mut().zip(location.strings()) {
+            *slot = span(s)?;
+        }
+        Some(CachedRecord {
+            strings,
+            latitude: location.latitude,
+            longitude: location.longitude,
+            asn: location.asn,
+            is_eu: location.is_eu,
         })
+    }
+
+    /// The location again, its strings re-borrowed from `bytes` (checked
+    /// again, so a mismatch gives `None`, never a wrong string).
+    fn location<'a>(&self, bytes: &'a [u8]) -> Option<Location<'a>> {
+        let mut location = Location {
+            latitude: self.latitude,
+            longitude: self.longitude,
+            asn: self.asn,
+            is_eu: self.is_eu,
+            ..Location::default()
+        };
+        for (field, span) in location.strings_mut().into_iter().zip(&self.strings) {
+            if span.len == 0 {
+                continue;
+            }
+            let start = span.start as usize;
+            let raw = bytes.get(start..start + span.len as usize)?;
+            *field = std::str::from_utf8(raw).ok()?;
+        }
+        Some(location)
     }
 }
 
@@ -430,7 +583,7 @@ impl ShapeKeys {
 
 /// The shape of the first records that have a telling key, walking the tree
 /// from its lowest address.
-fn shape_from_records(reader: &Reader<Vec<u8>>) -> Result<Option<Shape>, MaxMindDbError> {
+fn shape_from_records(reader: &Reader<Bytes>) -> Result<Option<Shape>, MaxMindDbError> {
     // Counting empty networks too bounds the walk: between two yielded
     // networks the iterator descends at most one path of the tree.
     let options = WithinOptions::default().include_networks_without_data();
@@ -1223,6 +1376,64 @@ mod tests {
         assert_eq!(db.lookup(ip("2a02:c7c::1")).country_code, "");
         // IPv4-mapped IPv6 is unwrapped, so the IPv4-only file answers.
         assert_eq!(db.lookup(ip("::ffff:81.2.69.142")), london());
+    }
+
+    #[test]
+    fn ipv4_addresses_skip_ipv6_files_with_nothing_under_96() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v6_only = MmdbWriter::new("city ipv6", 6);
+        v6_only.insert(net("2a02:c7c::/32"), flat_paris());
+        let mut v6_with_v4 = MmdbWriter::new("city ipvAll", 6);
+        v6_with_v4.insert(net("2a02:c7c::/32"), flat_paris());
+        v6_with_v4.insert(net("81.2.69.0/24"), flat_london());
+        let mut v6_zero = MmdbWriter::new("city ipvAll", 6);
+        v6_zero.insert(net("0.0.0.0/24"), flat_london());
+        let mut v4 = MmdbWriter::new("city ipv4", 4);
+        v4.insert(net("81.2.69.0/24"), flat_london());
+        let cases = [
+            ("v6_only.mmdb", &v6_only, false),
+            ("v6_with_v4.mmdb", &v6_with_v4, true),
+            ("v6_zero.mmdb", &v6_zero, true),
+            ("v4.mmdb", &v4, true),
+        ];
+        for (name, writer, has_ipv4) in cases {
+            let db = open(&[write(&dir, name, writer)]);
+            assert_eq!(db.databases[0].has_ipv4, has_ipv4, "{name}");
+        }
+        let db = open(&[write(&dir, "v6_with_v4.mmdb", &v6_with_v4)]);
+        assert_eq!(db.lookup(ip("81.2.69.142")).city, "London");
+        let db = open(&[write(&dir, "v6_only.mmdb", &v6_only)]);
+        assert_eq!(db.lookup(ip("81.2.69.142")), Location::default());
+        assert_eq!(db.lookup(ip("2a02:c7c::1")).city, "Paris");
+    }
+
+    #[test]
+    fn repeated_records_come_from_the_cache_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flat = MmdbWriter::new("city ipv4", 4);
+        flat.insert(net("81.2.69.0/24"), flat_london());
+        let db = open(&[
+            write(&dir, "city.mmdb", &city_db()),
+            write(&dir, "flat.mmdb", &flat),
+        ]);
+        let first = db.lookup(ip("81.2.69.142"));
+        let cached: Vec<usize> = db.databases.iter().map(|d| d.records.len()).collect();
+        // Another address of the same networks: the same records.
+        let second = db.lookup(ip("81.2.69.7"));
+        assert_eq!(first, second);
+        assert_eq!(first, london());
+        let after: Vec<usize> = db.databases.iter().map(|d| d.records.len()).collect();
+        assert_eq!(cached, after, "no new entries for records already cached");
+        assert_eq!(db.lookup(ip("2a02:c7c::1")).city, "Paris");
+        assert_eq!(db.lookup(ip("2a02:c7c::1")).city, "Paris");
+
+        // Strings that are not slices of the bytes are not cached.
+        let bytes = &db.databases[0].bytes;
+        assert!(CachedRecord::of(&london(), bytes).is_none());
+        let decoded = db.databases[0].find(ip("81.2.69.1")).unwrap().unwrap();
+        let cached = CachedRecord::of(&decoded, bytes).unwrap();
+        assert_eq!(cached.location(bytes), Some(decoded));
+        assert_eq!(cached.location(b"short"), None);
     }
 
     #[test]

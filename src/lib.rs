@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod country;
 pub mod geo;
+pub mod json;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -4,12 +4,13 @@
 //! project ids come from configuration (anything else is `unknown`), and no
 //! metric ever carries an IP address or an origin.
 
-use std::sync::LazyLock;
+use std::borrow::Cow;
+use std::sync::{LazyLock, OnceLock};
 use std::time::UNIX_EPOCH;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::snapshot::Snapshot;
@@ -154,6 +155,97 @@ impl Metrics {
     }
 }
 
+/// Route labels (`api::Route::label`, and `unknown` before routing), in the
+/// order [`RequestMetrics`] keeps their handles.
+const ROUTES: [&str; 8] = [
+    "api",
+    "site",
+    "site_api",
+    "healthz",
+    "readyz",
+    "redirect",
+    "not_found",
+    "unknown",
+];
+/// The `api` route, the only one answered for a project.
+const API: usize = 0;
+/// Statuses whose handles are kept; any other is looked up per request.
+const STATUSES: [u16; 8] = [200, 204, 403, 429, 0, 400, 404, 308];
+
+/// Handles of `visitord_requests_total` and
+/// `visitord_request_duration_seconds` for the label sets nearly every
+/// request has, each resolved on first use. `with_label_values` hashes the
+/// labels and takes the family's lock on every call, a lock both server
+/// threads would contend for. One per snapshot: project slots are indexes
+/// into its project list. A handle resolved twice (by a new snapshot) is the
+/// same series.
+pub struct RequestMetrics {
+    /// `[route][status]`, requests without a project.
+    plain: Box<[OnceLock<IntCounter>]>,
+    /// `[project][status]`, `api` requests for a project.
+    api: Box<[OnceLock<IntCounter>]>,
+    durations: [OnceLock<Histogram>; ROUTES.len()],
+}
+
+impl RequestMetrics {
+    /// Slots for `projects` projects; nothing is resolved (so no series is
+    /// created) until a request needs it.
+    pub fn new(projects: usize) -> RequestMetrics {
+        let slots = |n: usize| (0..n).map(|_| OnceLock::new()).collect();
+        RequestMetrics {
+            plain: slots(ROUTES.len() * STATUSES.len()),
+            api: slots(projects * STATUSES.len()),
+            durations: Default::default(),
+        }
+    }
+
+    /// Counts one answered request: `route` is a route label, `project`
+    /// the project's index in the snapshot and its id.
+    pub fn observe(&self, route: &str, status: u16, project: Option<(usize, &str)>, seconds: f64) {
+        let r = ROUTES.iter().position(|known| *known == route);
+        let s = STATUSES.iter().position(|known| *known == status);
+        let slot = match (r, s, project) {
+            (Some(r), Some(s), None) => self.plain.get(r * STATUSES.len() + s),
+            (Some(API), Some(s), Some((p, _))) => self.api.get(p * STATUSES.len() + s),
+            _ => None,
+        };
+        let count = || {
+            let project = project.map_or("", |(_, id)| id);
+            METRICS
+                .requests
+                .with_label_values(&[route, &status_label(status), project])
+        };
+        match slot {
+            Some(slot) => slot.get_or_init(count).inc(),
+            None => count().inc(),
+        }
+        let duration = || METRICS.request_duration.with_label_values(&[route]);
+        match r.and_then(|r| self.durations.get(r)) {
+            Some(slot) => slot.get_or_init(duration).observe(seconds),
+            None => duration().observe(seconds),
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics")
+            .field("projects", &(self.api.len() / STATUSES.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A status as a label; no allocation for the usual ones.
+pub fn status_label(status: u16) -> Cow<'static, str> {
+    match status {
+        0 => Cow::Borrowed("0"),
+        200 => Cow::Borrowed("200"),
+        204 => Cow::Borrowed("204"),
+        403 => Cow::Borrowed("403"),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
 /// Seconds since the epoch for a SystemTime, 0 before it.
 pub fn unix_seconds(t: std::time::SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -163,6 +255,54 @@ pub fn unix_seconds(t: std::time::SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_handles_count_the_same_series_as_label_lookups() {
+        let m = RequestMetrics::new(2);
+        let count = |route: &str, status: &str, project: &str| {
+            METRICS
+                .requests
+                .with_label_values(&[route, status, project])
+                .get()
+        };
+        type Case<'a> = (&'a str, u16, Option<(usize, &'a str)>, &'a str);
+        let cases: [Case<'_>; 6] = [
+            ("api", 200, Some((1, "handles-b")), "handles-b"),
+            ("api", 403, Some((0, "handles-a")), "handles-a"),
+            ("api", 418, Some((0, "handles-a")), "handles-a"),
+            ("site", 502, None, ""),
+            ("healthz", 200, None, ""),
+            ("not-a-route", 200, None, ""),
+        ];
+        for (route, status, project, label) in cases {
+            let status_text = status.to_string();
+            let before = count(route, &status_text, label);
+            m.observe(route, status, project, 0.001);
+            m.observe(route, status, project, 0.001);
+            assert_eq!(
+                count(route, &status_text, label),
+                before + 2,
+                "{route} {status}"
+            );
+        }
+        // Another snapshot's handles are the same series.
+        let again = RequestMetrics::new(2);
+        let before = count("api", "200", "handles-b");
+        again.observe("api", 200, Some((1, "handles-b")), 0.001);
+        assert_eq!(count("api", "200", "handles-b"), before + 1);
+        let durations = METRICS
+            .request_duration
+            .with_label_values(&["healthz"])
+            .get_sample_count();
+        m.observe("healthz", 200, None, 0.5);
+        assert_eq!(
+            METRICS
+                .request_duration
+                .with_label_values(&["healthz"])
+                .get_sample_count(),
+            durations + 1
+        );
+    }
 
     /// The exposition must be valid Prometheus text: checked with a small
     /// parser of the format here, and with `promtool` in the integration

@@ -4,7 +4,6 @@
 //! through Pingora's proxy phases (`upstream_peer`, `upstream_request_filter`,
 //! `fail_to_connect`, `fail_to_proxy`) with what `sites.rs` decided.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,7 +49,8 @@ pub struct RequestCtx {
     started: Instant,
     route: &'static str,
     status: u16,
-    project: Option<String>,
+    /// Index in `snap`'s project list.
+    project: Option<usize>,
     /// Set when the request is proxied to a site.
     site: Option<SiteRequest>,
 }
@@ -268,16 +268,16 @@ impl ProxyHttp for Visitord {
     }
 
     async fn logging(&self, _s: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let project = ctx.project.as_deref().unwrap_or("");
-        let status = status_label(ctx.status);
-        METRICS
-            .requests
-            .with_label_values(&[ctx.route, status.as_ref(), project])
-            .inc();
-        METRICS
-            .request_duration
-            .with_label_values(&[ctx.route])
-            .observe(ctx.started.elapsed().as_secs_f64());
+        let snap = &ctx.snap;
+        let project = ctx
+            .project
+            .and_then(|i| Some((i, snap.projects.at(i)?.id.as_str())));
+        snap.request_metrics.observe(
+            ctx.route,
+            ctx.status,
+            project,
+            ctx.started.elapsed().as_secs_f64(),
+        );
     }
 }
 
@@ -428,15 +428,24 @@ fn refuse_body(s: &mut Session) -> Answer {
     api::error(413, "request body not allowed")
 }
 
-/// Writes an answer with the headers every answer carries.
+/// Writes an answer with the headers every answer carries. Values are
+/// `HeaderValue`s made once (static, or per snapshot for HSTS), and the
+/// header has no case map: its names are the `http` crate's constants,
+/// which Pingora writes in the same case either way.
 async fn respond(s: &mut Session, ctx: &mut RequestCtx, answer: Answer, tls: bool) -> Result<()> {
-    let mut h = ResponseHeader::build(answer.status, Some(answer.headers.len() + 6))?;
-    h.insert_header(header::CONTENT_TYPE, answer.content_type)?;
-    h.insert_header(header::CACHE_CONTROL, "no-store")?;
-    h.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+    let mut h = ResponseHeader::build_no_case(answer.status, Some(answer.headers.len() + 6))?;
+    h.insert_header(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(answer.content_type),
+    )?;
+    h.insert_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
+    h.insert_header(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    )?;
     if tls {
-        if let Some(hsts) = ctx.snap.config.tls.as_ref().and_then(|t| t.hsts.as_deref()) {
-            h.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
+        if let Some(hsts) = &ctx.snap.hsts {
+            h.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
     }
     for (name, value) in answer.headers {
@@ -444,7 +453,7 @@ async fn respond(s: &mut Session, ctx: &mut RequestCtx, answer: Answer, tls: boo
     }
     // RFC 9110 §8.6: no Content-Length on 204.
     if answer.status != 204 {
-        h.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+        h.insert_header(header::CONTENT_LENGTH, HeaderValue::from(answer.body.len()))?;
     }
     ctx.status = answer.status;
     ctx.project = answer.project;
@@ -524,16 +533,6 @@ fn path_and_query(s: &Session) -> &str {
         .uri
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
-}
-
-fn status_label(status: u16) -> Cow<'static, str> {
-    match status {
-        0 => Cow::Borrowed("0"),
-        200 => Cow::Borrowed("200"),
-        204 => Cow::Borrowed("204"),
-        403 => Cow::Borrowed("403"),
-        other => Cow::Owned(other.to_string()),
-    }
 }
 
 fn reason_phrase(code: u16) -> &'static str {

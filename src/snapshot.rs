@@ -12,10 +12,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 
 use crate::agent::{AgentError, AgentParser};
 use crate::config::{Config, ConfigError, Projects};
 use crate::geo::{GeoDb, GeoError};
+use crate::metrics::RequestMetrics;
+use crate::origin::AllowedOrigins;
 use crate::sites::Sites;
 use crate::tls::{Certificates, TlsError};
 use crate::upstream::Peers;
@@ -70,6 +73,12 @@ pub struct Snapshot {
     pub sites: Sites,
     /// One Pingora peer template per upstream of `sites`, same order.
     pub peers: Peers,
+    /// `tls.hsts` ready to send (config checked it is header-safe).
+    pub hsts: Option<HeaderValue>,
+    /// Request metric handles for this snapshot's routes and projects.
+    pub request_metrics: RequestMetrics,
+    /// `Origin`s already allowed, per project of this snapshot.
+    pub allowed_origins: AllowedOrigins,
     pub loaded_at: SystemTime,
 }
 
@@ -106,6 +115,12 @@ impl Snapshot {
         };
         // Build the country table now rather than on the first request.
         let _ = crate::country::lookup("US");
+        let hsts = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.hsts.as_deref())
+            .and_then(|v| HeaderValue::from_str(v).ok());
+        let request_metrics = RequestMetrics::new(projects.len());
         Ok(Snapshot {
             generation,
             config,
@@ -116,6 +131,9 @@ impl Snapshot {
             certificates,
             sites,
             peers,
+            hsts,
+            request_metrics,
+            allowed_origins: AllowedOrigins::new(),
             loaded_at: SystemTime::now(),
         })
     }

@@ -52,13 +52,29 @@ fn unlimited() -> Options {
     }
 }
 
-/// Stops load threads when dropped, also when the test panics: otherwise
-/// they would keep the server (and its process) alive.
-struct StopOnDrop(Arc<AtomicBool>);
+/// Load threads that are stopped and joined when dropped — also when the
+/// test panics, before the server is dropped, so that their clones of the
+/// server do not outlive the test process's cleanup and leak its child.
+struct LoadThreads {
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
 
-impl Drop for StopOnDrop {
+impl LoadThreads {
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            h.join().unwrap();
+        }
+    }
+}
+
+impl Drop for LoadThreads {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
     }
 }
 
@@ -191,7 +207,10 @@ fn key_then_certificate_replacement_never_serves_an_error() {
             }
         })
     };
-    let _stop = StopOnDrop(stop.clone());
+    let load = LoadThreads {
+        stop: stop.clone(),
+        handles: vec![load],
+    };
     let staging = tempfile::tempdir().unwrap();
     let (crt, key) =
         s.ca.leaf(staging.path(), "new", &["renewed.example", "localhost"]);
@@ -208,8 +227,7 @@ fn key_then_certificate_replacement_never_serves_an_error() {
         "renewed.example"
     )));
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    load.finish();
     let failures = failures.lock().unwrap();
     assert!(sent.load(Ordering::Relaxed) > 10);
     assert!(failures.is_empty(), "{failures:?}");
@@ -294,7 +312,10 @@ fn twenty_replacements_under_load_fail_no_request() {
             })
         })
         .collect();
-    let _stop = StopOnDrop(stop.clone());
+    let workers = LoadThreads {
+        stop: stop.clone(),
+        handles: workers,
+    };
     for i in 0..20 {
         let country = ["FR", "DE"][i % 2];
         replace(&s.path("fixture.mmdb"), &database(country));
@@ -311,10 +332,7 @@ fn twenty_replacements_under_load_fail_no_request() {
             .status
             == 200));
     let generations = metric(&s, "visitord_snapshot_generation");
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
+    workers.finish();
     let sent = sent.load(Ordering::Relaxed);
     let failures = failures.lock().unwrap();
     eprintln!(
