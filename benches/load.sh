@@ -160,6 +160,9 @@ addr = "127.0.0.1:$mport"
 # Counted like in production, but never reached by the load.
 [limits]
 requests_per_minute_per_ip = 1000000000
+# The same keep-alive allowance as the nginx peer (keepalive_requests):
+# otherwise visitord alone pays a TLS handshake every 1,000 requests.
+keepalive_requests = 1000000
 EOF
 "$visitord" dev-cert --config "$run/visitord.toml" >/dev/null
 cert=$run/tls/localhost.crt key=$run/tls/localhost.key
