@@ -55,6 +55,21 @@ pub struct Agent {
     pub device_family: String,
 }
 
+impl Agent {
+    /// What nothing is known about: empty fields, device family "Other".
+    pub fn unknown() -> Agent {
+        Agent {
+            browser: String::new(),
+            browser_version: String::new(),
+            os: String::new(),
+            os_version: String::new(),
+            device_brand: String::new(),
+            device_model: String::new(),
+            device_family: OTHER.to_owned(),
+        }
+    }
+}
+
 /// Why the user agent rules could not be loaded. Every message starts with
 /// where the rules came from: the file's path, or "built-in regexes.yaml".
 #[derive(Debug, thiserror::Error)]

@@ -930,15 +930,7 @@ mod tests {
 
     #[test]
     fn unknown_location_gives_empty_values_not_nulls() {
-        let agent = Agent {
-            browser: String::new(),
-            browser_version: String::new(),
-            os: String::new(),
-            os_version: String::new(),
-            device_brand: String::new(),
-            device_model: String::new(),
-            device_family: "Other".into(),
-        };
+        let agent = Agent::unknown();
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         let body = success_body(&visitor(ip, &Location::default(), &agent));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -954,15 +946,7 @@ mod tests {
 
     #[test]
     fn region_falls_back_to_name() {
-        let agent = Agent {
-            browser: String::new(),
-            browser_version: String::new(),
-            os: String::new(),
-            os_version: String::new(),
-            device_brand: String::new(),
-            device_model: String::new(),
-            device_family: "Other".into(),
-        };
+        let agent = Agent::unknown();
         let loc = Location {
             country_code: "DE",
             region_name: "Bavaria",
@@ -977,15 +961,7 @@ mod tests {
 
     #[test]
     fn mapped_ipv6_is_reported_as_ipv4() {
-        let agent = Agent {
-            browser: String::new(),
-            browser_version: String::new(),
-            os: String::new(),
-            os_version: String::new(),
-            device_brand: String::new(),
-            device_model: String::new(),
-            device_family: "Other".into(),
-        };
+        let agent = Agent::unknown();
         let d = visitor(
             "::ffff:8.8.8.8".parse().unwrap(),
             &Location::default(),
@@ -1132,15 +1108,7 @@ mod tests {
 
     #[test]
     fn same_origin_answer_has_no_cors_and_only_get() {
-        let agent = Agent {
-            browser: String::new(),
-            browser_version: String::new(),
-            os: String::new(),
-            os_version: String::new(),
-            device_brand: String::new(),
-            device_model: String::new(),
-            device_family: "Other".into(),
-        };
+        let agent = Agent::unknown();
         let loc = Location {
             country_code: "GB",
             ..Location::default()

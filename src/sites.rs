@@ -1312,15 +1312,7 @@ unknown_country = "deny"
 
     #[test]
     fn unknown_visitor_gets_empty_values() {
-        let a = Agent {
-            browser: String::new(),
-            browser_version: String::new(),
-            os: String::new(),
-            os_version: String::new(),
-            device_brand: String::new(),
-            device_model: String::new(),
-            device_family: "Other".into(),
-        };
+        let a = Agent::unknown();
         let d = api::visitor("10.0.0.1".parse().unwrap(), &Location::default(), &a);
         let values = visitor_headers(&d);
         let empties = values.iter().filter(|v| v.is_empty()).count();
