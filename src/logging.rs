@@ -7,11 +7,16 @@
 //! error level, and its debug and trace lines name peers too. So every line
 //! that does not come from visitord itself has each IP address in it
 //! replaced by `[addr]` before it is written, at every level.
+//!
+//! Failed TLS handshakes are the client's doing (scanners, clients that
+//! distrust the certificate, connections cut short), so, like nginx, they
+//! are logged at info, not at Pingora's error level: an error line should
+//! mean the operator has something to fix.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use log::{Log, Metadata, Record};
+use log::{Level, Log, Metadata, Record};
 use regex::Regex;
 
 /// Installs the logger. `RUST_LOG` filters as usual; the default is `info`.
@@ -34,18 +39,31 @@ impl Log for Redacting {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.inner.matches(record) {
+        let target = record.target();
+        if is_ours(target) {
+            if self.inner.matches(record) {
+                self.inner.log(record);
+            }
             return;
         }
-        if is_ours(record.target()) {
-            return self.inner.log(record);
+        // A line that may be demoted is formatted before the filter sees it,
+        // so that `RUST_LOG=info` shows it and `warn` does not.
+        if !(target == HANDSHAKE_TARGET || self.inner.matches(record)) {
+            return;
         }
         let text = record.args().to_string();
+        let level = level_for(target, &text, record.level());
         let clean = redact(&text);
-        self.inner.log(
+        let emit = |line: &Record<'_>| {
+            if self.inner.matches(line) {
+                self.inner.log(line);
+            }
+        };
+        emit(
             &Record::builder()
                 .args(format_args!("{clean}"))
-                .metadata(record.metadata().clone())
+                .level(level)
+                .target(target)
                 .module_path(record.module_path())
                 .file(record.file())
                 .line(record.line())
@@ -60,6 +78,20 @@ impl Log for Redacting {
 
 fn is_ours(target: &str) -> bool {
     target == "visitord" || target.starts_with("visitord::")
+}
+
+/// Where Pingora logs a failed downstream TLS handshake.
+const HANDSHAKE_TARGET: &str = "pingora_core::services::listening";
+
+/// The level a library line is written at: Pingora's "Downstream handshake
+/// error" lines (the client failed the TLS handshake) at most at info, every
+/// other line at its own level.
+fn level_for(target: &str, text: &str, level: Level) -> Level {
+    if target == HANDSHAKE_TARGET && text.starts_with("Downstream handshake error") {
+        level.max(Level::Info)
+    } else {
+        level
+    }
 }
 
 /// IPv4 dotted quads, and anything shaped like an IPv6 address (two or more
@@ -107,6 +139,24 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(redact(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn client_handshake_failures_are_info_not_error() {
+        let line = "Downstream handshake error from [addr]:4711: tls handshake eof";
+        assert_eq!(level_for(HANDSHAKE_TARGET, line, Level::Error), Level::Info);
+        assert_eq!(
+            level_for(HANDSHAKE_TARGET, line, Level::Debug),
+            Level::Debug
+        );
+        // Other errors of the same module, and the same words elsewhere, keep
+        // their level.
+        let other = "Failed to accept: too many open files";
+        assert_eq!(
+            level_for(HANDSHAKE_TARGET, other, Level::Error),
+            Level::Error
+        );
+        assert_eq!(level_for("pingora_proxy", line, Level::Error), Level::Error);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! PRIVACY.md's promises: no client address in any log line at any level,
-//! nothing written to disk.
+//! nothing written to disk; and what client failures are logged at.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{connect_from, raw_tls, Options, Server};
+use common::{connect_from, eventually, raw_tls, Options, Server};
 
 /// A loopback address no other part of the setup uses, so that finding it
 /// in the log can only mean the client's address leaked.
@@ -164,4 +164,29 @@ fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
     }
     out.sort();
     out
+}
+
+/// A failed TLS handshake is the client's doing: logged at info (as nginx
+/// does), never as an error the operator would have to chase.
+#[test]
+fn failed_handshakes_are_info_not_errors() {
+    let s = Server::with(Options::default());
+    let mut tcp = connect_from(s.https, None);
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let _ = tcp.read_to_end(&mut Vec::new());
+    let logged = eventually(Duration::from_secs(5), || {
+        s.logs().lines().any(|l| l.contains("handshake error"))
+    });
+    let logs = s.logs();
+    assert!(logged, "the failed handshake was not logged:\n{logs}");
+    let handshake: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("handshake error"))
+        .collect();
+    assert!(
+        handshake.iter().all(|l| l.contains(" INFO ")),
+        "not at info: {handshake:?}"
+    );
+    assert!(!logs.contains(" ERROR "), "an error was logged:\n{logs}");
 }
