@@ -131,6 +131,12 @@ pub enum DomainError {
     Port(String),
     #[error("{0:?}: a wildcard cannot cover an IP address")]
     WildcardIp(String),
+    /// `*.com`, `*.co.uk`, `*.github.io`: every site registered under a
+    /// public suffix, which is nobody's to allow.
+    #[error(
+        "{0:?}: \"{1}\" is a public suffix; a wildcard over it would cover every site registered under it"
+    )]
+    WildcardPublicSuffix(String, String),
     /// nginx's `.example.com` means "and subdomains"; here that is spelled
     /// with two entries, so say so rather than report an empty label.
     #[error(
@@ -553,6 +559,15 @@ pub fn is_loopback_host(host: &str) -> bool {
     }
 }
 
+/// Whether a normalised domain is itself a suffix of the Public Suffix List
+/// (`com`, `co.uk`, `github.io`), under which anyone can register a site.
+/// Names the list does not know (`lan`, `internal`) are not: an intranet may
+/// use them.
+fn is_public_suffix(domain: &str) -> bool {
+    psl::suffix(domain.as_bytes())
+        .is_some_and(|suffix| suffix.is_known() && suffix.as_bytes() == domain.as_bytes())
+}
+
 /// One entry of a project's `domains` list, normalised like origin hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DomainPattern {
@@ -627,6 +642,12 @@ impl DomainPattern {
             && idna_to_ascii(&host.text).ok().as_deref() != Some(&*host.text)
         {
             return Err(DomainError::Host(owned(), HostError::Idna));
+        }
+        if wildcard && is_public_suffix(&host.text) {
+            return Err(DomainError::WildcardPublicSuffix(
+                owned(),
+                host.text.into_owned(),
+            ));
         }
         let text = host.text.into_owned();
         Ok(if wildcard {
@@ -1142,6 +1163,10 @@ mod tests {
             ("*.Sub.Example.com", DomainPattern::Wildcard("sub.example.com".into())),
             ("localhost", DomainPattern::Exact("localhost".into())),
             ("*.localhost", DomainPattern::Wildcard("localhost".into())),
+            ("*.example.co.uk", DomainPattern::Wildcard("example.co.uk".into())),
+            ("*.me.github.io", DomainPattern::Wildcard("me.github.io".into())),
+            ("*.lan", DomainPattern::Wildcard("lan".into())),
+            ("com", DomainPattern::Exact("com".into())),
             ("bücher.example", DomainPattern::Exact("xn--bcher-kva.example".into())),
             ("XN--BCHER-KVA.example", DomainPattern::Exact("xn--bcher-kva.example".into())),
             ("127.0.0.1", DomainPattern::Exact("127.0.0.1".into())),
@@ -1179,6 +1204,9 @@ mod tests {
             ("localhost:", r#""localhost:": invalid character ':'"#),
             ("*.1.2.3.4", r#""*.1.2.3.4": a wildcard cannot cover an IP address"#),
             ("*.[::1]", r#""*.[::1]": a wildcard cannot cover an IP address"#),
+            ("*.com", r#""*.com": "com" is a public suffix; a wildcard over it would cover every site registered under it"#),
+            ("*.CO.uk.", r#""*.CO.uk.": "co.uk" is a public suffix; a wildcard over it would cover every site registered under it"#),
+            ("*.github.io", r#""*.github.io": "github.io" is a public suffix; a wildcard over it would cover every site registered under it"#),
             ("a..com", r#""a..com": empty label (a leading dot or two dots in a row)"#),
             (".example.com", r#"".example.com": leading dot (write "*.example.com" for subdomains, "example.com" for the host)"#),
             ("user@x.com", r#""user@x.com": invalid character '@'"#),
