@@ -36,7 +36,9 @@
 //! - **Continent**: keshvar's continent as the two-letter code GeoIP uses;
 //!   its "Australia" is Oceania (OC).
 //!
-//! Kosovo (XK) is not in the data, so it is unknown here.
+//! Kosovo is not in ISO 3166-1 or keshvar, but every geo database gives it
+//! the user-assigned code XK, so it is added by hand: "Kosovo", the euro,
+//! Albanian and Serbian (sq-XK, sr-XK), Europe, not in the EU.
 
 use std::sync::LazyLock;
 
@@ -129,6 +131,16 @@ fn build_table() -> Box<[Option<CountryFacts>]> {
             });
         }
     }
+    if let Some(entry @ None) = slot(b"XK").and_then(|s| table.get_mut(s)) {
+        *entry = Some(CountryFacts {
+            code: "XK",
+            name: "Kosovo",
+            currencies: vec!["EUR"],
+            languages: vec!["sq-XK".to_owned(), "sr-XK".to_owned()],
+            continent_code: "EU",
+            is_eu: false,
+        });
+    }
     table.into_boxed_slice()
 }
 
@@ -212,8 +224,13 @@ mod tests {
             .filter(|code| code.parse::<iso_currency::Country>().is_ok())
             .collect();
         assert_eq!(assigned.len(), 249);
-        let known: Vec<&str> = all().map(|facts| facts.code).collect();
+        // ...plus Kosovo's XK, which ISO leaves unassigned.
+        let known: Vec<&str> = all()
+            .map(|facts| facts.code)
+            .filter(|&code| code != "XK")
+            .collect();
         assert_eq!(known, assigned);
+        assert_eq!(all().count(), 250);
     }
 
     /// Countries for which the data holds no current currency.
@@ -418,11 +435,22 @@ mod tests {
         }
     }
 
+    /// Kosovo: in every geo database as XK, in no ISO list.
+    #[test]
+    fn kosovo_is_known_as_xk() {
+        let k = lookup("xk").unwrap();
+        assert_eq!(
+            (k.code, k.name, &k.currencies[..], k.continent_code, k.is_eu),
+            ("XK", "Kosovo", &["EUR"][..], "EU", false)
+        );
+        assert_eq!(k.languages, ["sq-XK", "sr-XK"]);
+    }
+
     #[test]
     fn any_case_and_only_two_letters() {
         assert_eq!(lookup("gb").map(|f| f.code), Some("GB"));
         assert_eq!(lookup("Gb").map(|f| f.code), Some("GB"));
-        for invalid in ["", "U", "USA", "Z9", "9Z", "ZZ", "XK", "É", "G\u{0}", " GB"] {
+        for invalid in ["", "U", "USA", "Z9", "9Z", "ZZ", "XX", "É", "G\u{0}", " GB"] {
             assert_eq!(lookup(invalid), None, "{invalid:?}");
         }
     }

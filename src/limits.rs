@@ -8,7 +8,7 @@
 //! counted high (never low). With `IP_SLOTS` counters per row, the expected
 //! overcount of an address is at most about
 //! `requests in the window / IP_SLOTS`: at 1,000,000 requests per minute
-//! across all clients, about 8 requests per minute — small next to the
+//! across all clients, about 15 requests per minute — small next to the
 //! default limit of 600. Client sketches have two wide rows rather than
 //! four narrow ones: every request updates one counter per row, each a
 //! likely cache miss, and two rows of twice the width keep the same memory
