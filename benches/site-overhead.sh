@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cost of standing in front of a site (docs/fronting-a-site.md): wrk
+# The cost of standing in front of a site (README, "Fronting a site"): wrk
 # against the same static upstream, directly and through a proxy, in
 # alternating rounds on loopback:
 #   direct    wrk -> nginx upstream over plain HTTP/1.1 keep-alive (the floor);

@@ -262,7 +262,7 @@ impl AsyncRead for Limited {
                 Poll::Pending if clock.expired(cx) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "request head not complete within server.request_header_timeout",
+                        "request head not complete within limits.request_header_timeout",
                     )));
                 }
                 _ => {}

@@ -188,9 +188,23 @@ fn debounce(rx: &Receiver<Trigger>, first: Trigger) -> Trigger {
     }
 }
 
-/// Listener addresses, thread counts and the metrics address are bound once;
-/// say so instead of silently ignoring an edit.
+/// Listener addresses, thread counts, the metrics address and the HTTP
+/// server options are fixed at start; say so instead of silently ignoring
+/// an edit.
 fn note_restart_only_changes(old: &Config, new: &Config) {
+    let changed = restart_only_changes(old, new);
+    if !changed.is_empty() {
+        log::warn!(
+            "{}: changes to {} take effect on restart; everything else is live",
+            new.file.display(),
+            changed.join(", ")
+        );
+    }
+}
+
+/// The settings that differ between `old` and `new` and are read only at
+/// start, by their config names.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if old.listeners != new.listeners {
         changed.push("listen");
@@ -204,13 +218,15 @@ fn note_restart_only_changes(old: &Config, new: &Config) {
     if old.metrics != new.metrics {
         changed.push("metrics");
     }
-    if !changed.is_empty() {
-        log::warn!(
-            "{}: changes to {} take effect on restart; everything else is live",
-            new.file.display(),
-            changed.join(", ")
-        );
+    if old.limits.keepalive_requests != new.limits.keepalive_requests {
+        changed.push("limits.keepalive_requests");
     }
+    // HTTP/1 reads the keep-alive timeout per request; HTTP/2's idle
+    // timeout is fixed when the listeners start.
+    if old.limits.keepalive_timeout != new.limits.keepalive_timeout {
+        changed.push("limits.keepalive_timeout (for HTTP/2)");
+    }
+    changed
 }
 
 /// The folders watched, and the file names in them that matter.
@@ -298,6 +314,35 @@ fn is_relevant(path: &Path, names: &BTreeSet<OsString>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_only_settings_are_named() {
+        let config = |extra: &str| {
+            let text = format!(
+                "[[listen]]\naddr = \"127.0.0.1:8443\"\ntls = true\n\
+                 [tls]\ncertificates = [{{ cert = \"a.crt\", key = \"a.key\" }}]\n\
+                 [api]\nprojects = \"projects.toml\"\n\
+                 [geo]\ndatabases = [\"x.mmdb\"]\n{extra}"
+            );
+            Config::parse(Path::new("/etc/visitord/visitord.toml"), &text).unwrap()
+        };
+        let base = config("");
+        assert!(restart_only_changes(&base, &base).is_empty());
+        // Live settings are not named.
+        let live = config("[limits]\nrequests_per_minute_per_ip = 5\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
+        assert!(restart_only_changes(&base, &live).is_empty());
+        let edited = config(
+            "[server]\nthreads = 7\n[limits]\nkeepalive_requests = 5\nkeepalive_timeout = \"5s\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&base, &edited),
+            [
+                "server.threads",
+                "limits.keepalive_requests",
+                "limits.keepalive_timeout (for HTTP/2)"
+            ]
+        );
+    }
 
     #[test]
     fn relevant_events() {
