@@ -67,6 +67,7 @@ pub struct Limiter {
     projects: Rate,
     connections: Inflight,
     started: Instant,
+    window: Duration,
 }
 
 impl Default for Limiter {
@@ -77,11 +78,17 @@ impl Default for Limiter {
 
 impl Limiter {
     pub fn new() -> Limiter {
+        Limiter::with_window(WINDOW)
+    }
+
+    /// Limits over `window` instead of a minute (tests).
+    fn with_window(window: Duration) -> Limiter {
         Limiter {
-            clients: Rate::new_with_estimator_config(WINDOW, IP_ROWS, IP_SLOTS),
-            projects: Rate::new_with_estimator_config(WINDOW, PROJECT_ROWS, PROJECT_SLOTS),
+            clients: Rate::new_with_estimator_config(window, IP_ROWS, IP_SLOTS),
+            projects: Rate::new_with_estimator_config(window, PROJECT_ROWS, PROJECT_SLOTS),
             connections: Inflight::new(),
             started: Instant::now(),
+            window,
         }
     }
 
@@ -138,7 +145,7 @@ impl Limiter {
     /// Time left in the current fixed window (at least a second, so that
     /// `Retry-After` is never 0).
     fn rest_of_window(&self) -> Duration {
-        let window = WINDOW.as_millis();
+        let window = self.window.as_millis().max(1);
         let into = self.started.elapsed().as_millis() % window;
         let rest = Duration::from_millis((window - into) as u64);
         rest.max(Duration::from_secs(1))
@@ -169,6 +176,21 @@ mod tests {
         assert!(refusal.retry_after <= WINDOW && refusal.retry_after >= Duration::from_secs(1));
         // Another client is not affected.
         assert!(l.client_request(ip("192.0.2.2"), 5).is_ok());
+    }
+
+    /// Nothing outlives its window: the sketch of the window before last is
+    /// cleared, so a refused client is counted from zero again.
+    #[test]
+    fn counts_are_forgotten_after_the_window() {
+        let l = Limiter::with_window(Duration::from_millis(100));
+        for _ in 0..3 {
+            assert!(l.client_request(ip("192.0.2.1"), 3).is_ok());
+        }
+        assert!(l.client_request(ip("192.0.2.1"), 3).is_err());
+        std::thread::sleep(Duration::from_millis(250));
+        for _ in 0..3 {
+            assert!(l.client_request(ip("192.0.2.1"), 3).is_ok());
+        }
     }
 
     #[test]

@@ -135,6 +135,16 @@ fn refused_origins_get_403_without_cors_headers() {
 }
 
 #[test]
+fn no_origin_at_all_is_the_same_403() {
+    let s = Server::start();
+    let none = s.api("?pid=demo", &[]);
+    let refused = s.api("?pid=demo", &[("Origin", "https://evil.com")]);
+    assert_eq!(none.status, 403);
+    assert_eq!(none.body, refused.body);
+    assert!(none.header("access-control-allow-origin").is_none());
+}
+
+#[test]
 fn unknown_project_is_the_same_403() {
     let s = Server::start();
     let unknown = s.api("?pid=nope", &[("Origin", ALLOWED)]);
@@ -242,6 +252,7 @@ fn unknown_path_is_404_json() {
         serde_json::json!({"status":404,"result":"not found","data":null})
     );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
 }
 
 #[test]
@@ -416,4 +427,33 @@ impl JsonBody for reqwest::blocking::Response {
     fn json_body(self) -> serde_json::Value {
         serde_json::from_str(&self.text().unwrap()).unwrap()
     }
+}
+
+/// HSTS is sent over TLS only, and `tls.hsts = ""` turns it off.
+#[test]
+fn hsts_is_tls_only_and_can_be_turned_off() {
+    let s = Server::start();
+    let plain = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!("http://{}/api/?pid=demo", s.http))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert!(r.headers().get("strict-transport-security").is_none());
+    drop(s);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Server::prepare(dir.path(), &Options::default());
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[tls]\n", "[tls]\nhsts = \"\"\n")).unwrap();
+    let ca = std::sync::Arc::new(common::TestCa::new());
+    ca.leaf(&dir.path().join("tls"), "server", &["localhost"]);
+    let s = Server::spawn(dir, config, ca, "info");
+    let r = s.api("?pid=demo", &[("Origin", ALLOWED)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header("strict-transport-security").is_none());
 }
