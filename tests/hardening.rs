@@ -109,6 +109,28 @@ fn slow_header_clients_are_cut_off() {
     assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
 }
 
+type TlsConn = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// A TLS connection to the server's HTTPS listener from 127.0.0.1.
+fn open_tls(s: &Server, config: &Arc<rustls::ClientConfig>) -> TlsConn {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let tcp = std::net::TcpStream::connect(s.https).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Whether an API request on `tls` is answered 200.
+fn answered(tls: &mut TlsConn) -> bool {
+    let request =
+        b"GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\n\r\n";
+    if tls.write_all(request).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    tls.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+}
+
 #[test]
 fn connections_per_address_are_capped() {
     let s = Server::with(Options {
@@ -116,38 +138,32 @@ fn connections_per_address_are_capped() {
         ..limits("max_connections_per_ip = 3")
     });
     let config = Arc::new(s.ca.client_config());
-    let open = || {
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-        let tcp = std::net::TcpStream::connect(s.https).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        rustls::StreamOwned::new(conn, tcp)
-    };
-    let request =
-        b"GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\n\r\n";
-    let answered =
-        |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
-            if tls.write_all(request).is_err() {
-                return false;
-            }
-            let mut buf = [0u8; 12];
-            tls.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
-        };
-    let mut held: Vec<_> = (0..3).map(|_| open()).collect();
+    let mut held: Vec<_> = (0..3).map(|_| open_tls(&s, &config)).collect();
     for tls in &mut held {
         assert!(answered(tls));
     }
-    let mut fourth = open();
+    let mut fourth = open_tls(&s, &config);
     assert!(!answered(&mut fourth), "a fourth connection was served");
     held.pop();
     std::thread::sleep(Duration::from_millis(200));
-    let mut again = open();
+    let mut again = open_tls(&s, &config);
     assert!(answered(&mut again), "a freed place was not reused");
     let text = s.metrics_text();
     assert!(
         text.contains("visitord_rate_limited_total{reason=\"connections\"}"),
         "{text}"
     );
+}
+
+/// A trusted proxy carries many visitors' connections: it is not capped.
+#[test]
+fn trusted_proxies_are_not_capped() {
+    let s = Server::with(limits("max_connections_per_ip = 2")); // 127.0.0.1 is trusted
+    let config = Arc::new(s.ca.client_config());
+    let mut held: Vec<_> = (0..6).map(|_| open_tls(&s, &config)).collect();
+    for (i, tls) in held.iter_mut().enumerate() {
+        assert!(answered(tls), "connection {i} was refused");
+    }
 }
 
 #[test]
