@@ -181,9 +181,16 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
 fn server_options(config: &Config) -> HttpServerOptions {
     let limits = &config.limits;
     let mut options = HttpServerOptions::default();
-    options.keepalive_request_limit = Some(limits.keepalive_requests).filter(|&n| n > 0);
+    options.keepalive_request_limit = keepalive_reuses(limits.keepalive_requests);
     options.h2_idle_timeout = Some(limits.keepalive_timeout).filter(|d| !d.is_zero());
     options
+}
+
+/// Pingora's `keepalive_request_limit` counts reuses, so N of them serve
+/// N + 1 requests; `limits.keepalive_requests` counts requests, as nginx's
+/// `keepalive_requests` does. 0 means no limit.
+fn keepalive_reuses(requests: u32) -> Option<u32> {
+    requests.checked_sub(1)
 }
 
 /// How long a connection on a PROXY protocol listener may take to send its
@@ -249,5 +256,17 @@ async fn read_proxy_header(stream: &mut L4Stream) -> pingora::Result<ProxyHeader
             );
         }
         filled += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_requests_are_requests_not_reuses() {
+        assert_eq!(keepalive_reuses(0), None);
+        assert_eq!(keepalive_reuses(1), Some(0));
+        assert_eq!(keepalive_reuses(1000), Some(999));
     }
 }

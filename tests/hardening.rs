@@ -166,6 +166,69 @@ fn trusted_proxies_are_not_capped() {
     }
 }
 
+/// Reads one response with a `Content-Length` body: its status and head, or
+/// `None` if the connection ends first.
+fn read_response(tls: &mut TlsConn) -> Option<(u16, String)> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match tls.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    tls.read_exact(&mut body).ok()?;
+    Some((raw_status(&got)?, head))
+}
+
+const KEEP_ALIVE_REQUEST: &[u8] =
+    b"GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\n\r\n";
+
+#[test]
+fn keepalive_requests_bounds_a_connection() {
+    let s = Server::with(limits("keepalive_requests = 2"));
+    let config = Arc::new(s.ca.client_config());
+    let mut tls = open_tls(&s, &config);
+    for i in 1..=2 {
+        tls.write_all(KEEP_ALIVE_REQUEST).unwrap();
+        let (status, _) = read_response(&mut tls).unwrap_or_else(|| panic!("request {i}"));
+        assert_eq!(status, 200, "request {i}");
+    }
+    // The server closed the connection after the second answer.
+    let third = tls
+        .write_all(KEEP_ALIVE_REQUEST)
+        .ok()
+        .and_then(|()| read_response(&mut tls));
+    assert!(third.is_none(), "a third request was served: {third:?}");
+}
+
+#[test]
+fn keepalive_timeout_zero_closes_after_each_answer() {
+    let s = Server::with(limits("keepalive_timeout = \"0s\""));
+    let config = Arc::new(s.ca.client_config());
+    let mut tls = open_tls(&s, &config);
+    tls.write_all(KEEP_ALIVE_REQUEST).unwrap();
+    let (status, _) = read_response(&mut tls).unwrap();
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // Closed by the server, not ended by the test's 5 s read timeout.
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
 #[test]
 fn api_refuses_request_bodies_before_reading_them() {
     let s = Server::start();
