@@ -38,6 +38,34 @@ fn check_accepts_a_good_config() {
     );
 }
 
+/// `$VISITORD_CONFIG` stands in for `--config`; without either, the default
+/// path is named in the error.
+#[test]
+fn config_comes_from_the_environment_or_the_default_path() {
+    let (_dir, config) = prepared(&Options::default());
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .env("VISITORD_CONFIG", &config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok: 2 listener(s)"), "{stdout}");
+
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .env_remove("VISITORD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/etc/visitord/visitord.toml"), "{stderr}");
+}
+
 #[test]
 fn check_accepts_the_shipped_example() {
     // The example's certificate is created by `dev-cert`; do that in a copy.

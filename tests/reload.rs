@@ -261,6 +261,24 @@ fn sigterm_exits_within_the_grace_period() {
 }
 
 #[test]
+fn sigint_exits_at_once() {
+    let s = Server::with(Options {
+        grace_period: "30s",
+        ..Options::default()
+    });
+    let started = std::time::Instant::now();
+    s.signal("INT");
+    s.wait_exit(Duration::from_secs(10));
+    // Well inside the 30 s grace period SIGTERM would wait out.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(std::net::TcpStream::connect(s.https).is_err());
+}
+
+#[test]
 fn listener_changes_are_logged_as_taking_effect_on_restart() {
     let s = Server::start();
     let config = std::fs::read_to_string(&s.config).unwrap();
