@@ -67,6 +67,9 @@ fn visitor_headers_forwarding_headers_host_path_and_query() {
             ("x-visitor-country", "FR"),
             ("X-VISITOR-City", "Nowhere"),
             ("X-Visitor-Anything", "spoofed"),
+            ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("Forwarded", "for=81.2.69.142;proto=https"),
         ],
     );
     let e = echo(&r);
@@ -83,11 +86,13 @@ fn visitor_headers_forwarding_headers_host_path_and_query() {
         authority,
         "Host is the site's, not the upstream's"
     );
+    // The client's own X-Forwarded-Proto/-Host are replaced, not appended to.
     assert_eq!(e.one("x-forwarded-host"), authority);
     assert_eq!(e.one("x-forwarded-proto"), "https");
     // 127.0.0.1 (the test client) is a trusted proxy: its chain is kept
-    // and it is appended.
+    // and it is appended, and its Forwarded header passes unchanged.
     assert_eq!(e.one("x-forwarded-for"), "81.2.69.142, 127.0.0.1");
+    assert_eq!(e.one("forwarded"), "for=81.2.69.142;proto=https");
     // Exactly one value of each, ours; no other X-Visitor-* survives.
     assert_eq!(e.one("x-visitor-country"), "GB");
     assert_eq!(e.one("x-visitor-region"), "England");
@@ -111,6 +116,11 @@ fn visitor_headers_forwarding_headers_host_path_and_query() {
         .collect();
     assert_eq!(visitor.len(), 11, "{visitor:?}");
     assert!(!visitor.contains(&"x-visitor-anything"));
+    let metrics = s.metrics_text();
+    assert!(
+        metrics.contains(r#"visitord_requests_total{project="",route="site",status="200"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -157,6 +167,9 @@ fn same_origin_api_answers_without_pid_or_cors_and_global_api_path_is_the_sites(
     assert_eq!(v["data"]["ipAddress"], "81.2.69.142");
     assert_eq!(v["data"]["countryCode"], "GB");
     assert_eq!(up.requests(), 0, "answered by visitord itself");
+    assert!(s
+        .metrics_text()
+        .contains(r#"visitord_requests_total{project="",route="site_api",status="200"} 1"#));
     let post = s
         .client_for(&[SITE])
         .post(url(&s, SITE, "/visitor-api"))
