@@ -1,7 +1,7 @@
 //! Prometheus metrics (DESIGN §7): one registry, handles created once.
 //!
 //! Labels take bounded values only: routes and reasons are fixed names,
-//! project ids come from configuration (anything else is `unknown`), and no
+//! project ids come from configuration (anything else is `""`), and no
 //! metric ever carries an IP address or an origin.
 
 use std::borrow::Cow;
@@ -77,7 +77,7 @@ impl Metrics {
         let rate_limited = counter(
             &registry,
             "visitord_rate_limited_total",
-            "Requests refused with 429, by which limit was exceeded.",
+            "Requests refused with 429, and connections closed over the per-address cap, by which limit was exceeded.",
             &["reason"],
         );
         let reloads = counter(
