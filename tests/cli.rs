@@ -33,9 +33,16 @@ fn check_accepts_a_good_config() {
     let (ok, out, err) = run_cli(&["check", "--config", config.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("ok: 2 listener(s), 2 project(s), 1 database(s), 1 certificate(s)"),
+        out.contains("ok: 2 listener(s), 2 project(s), 1 database(s), 1 certificate(s), 0 site(s)"),
         "{out}"
     );
+    let (_dir, config) = prepared(&Options {
+        extra: "[[site]]\nhosts = [\"app.example.com\"]\nupstreams = [\"127.0.0.1:3000\"]\n".into(),
+        ..Options::default()
+    });
+    let (ok, out, err) = run_cli(&["check", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains(", 1 site(s)"), "{out}");
 }
 
 /// `$VISITORD_CONFIG` stands in for `--config`; without either, the default

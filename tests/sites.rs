@@ -78,6 +78,9 @@ fn visitor_headers_forwarding_headers_host_path_and_query() {
         Some("a"),
         "the upstream's headers pass"
     );
+    // ...and nothing is added to them.
+    assert_eq!(r.header("strict-transport-security"), None);
+    assert_eq!(r.header("x-content-type-options"), None);
     assert_eq!(e.method, "GET");
     assert_eq!(e.path, "/shop/item?id=42&q=a%20b");
     let authority = format!("{SITE}:{}", s.https.port());
