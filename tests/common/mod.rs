@@ -27,12 +27,30 @@ pub fn install_crypto() {
     });
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and not handed out before
+/// by this process.
+///
+/// Not from the kernel's ephemeral range (32768 and up): a port taken with
+/// `bind(…:0)` and released can be given again by the next such call, or to
+/// an outgoing connection of any process, before the server binds it.
+/// Ports 10000-29999 are never handed out that way; each test process
+/// starts at its own offset (process id × 101) and walks on, so processes
+/// running side by side try different ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 20_000;
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap();
+    let mut n = next.unwrap_or_else(|| std::process::id().wrapping_mul(101) % SPAN);
+    for _ in 0..SPAN {
+        let port = (FIRST + n % SPAN) as u16;
+        n = n.wrapping_add(1);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(n);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}-{}", FIRST + SPAN - 1);
 }
 
 /// A test certificate authority and leaf certificates signed by it.
