@@ -22,5 +22,6 @@ pub mod reload;
 pub mod server;
 pub mod sites;
 pub mod snapshot;
+pub mod systemd;
 pub mod tls;
 pub mod upstream;

@@ -126,6 +126,7 @@ impl Reloader {
                 );
                 self.last_failure = None;
                 self.follow_files();
+                crate::systemd::status(&format!("serving generation {generation}"));
             }
             Err(e) => {
                 self.last_failure = Some(fingerprint);
@@ -138,6 +139,10 @@ impl Reloader {
                     trigger.as_str(),
                     current.generation
                 );
+                crate::systemd::status(&format!(
+                    "serving generation {}; last reload refused: {e}",
+                    current.generation
+                ));
             }
         }
     }

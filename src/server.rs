@@ -164,11 +164,18 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
 
     crate::reload::spawn(config.file.clone(), shared.clone())?;
 
-    log::info!(
-        "visitord {} serving generation {} on {} listener(s)",
-        env!("CARGO_PKG_VERSION"),
+    let serving = format!(
+        "serving generation {} on {} listener(s)",
         shared.load().generation,
         config.listeners.len()
+    );
+    log::info!("visitord {} {serving}", env!("CARGO_PKG_VERSION"));
+    crate::systemd::notify_ready_when_listening(
+        listen_addresses(&config)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect(),
+        serving,
     );
     server.run(pingora::server::RunArgs::default());
     Ok(())

@@ -240,6 +240,17 @@ impl Server {
     }
 
     pub fn spawn(dir: TempDir, config: PathBuf, ca: Arc<TestCa>, rust_log: &str) -> Server {
+        Server::spawn_with_env(dir, config, ca, rust_log, &[])
+    }
+
+    /// `spawn`, with extra environment variables for the process.
+    pub fn spawn_with_env(
+        dir: TempDir,
+        config: PathBuf,
+        ca: Arc<TestCa>,
+        rust_log: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Server {
         let text = std::fs::read_to_string(&config).unwrap();
         let addr_of = |marker: &str| -> SocketAddr {
             let line = text
@@ -254,6 +265,7 @@ impl Server {
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
