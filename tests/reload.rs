@@ -278,6 +278,49 @@ fn sigint_exits_at_once() {
     assert!(std::net::TcpStream::connect(s.https).is_err());
 }
 
+/// Settings of `visitord.toml` itself reload live, like the files it names:
+/// trusting a proxy and the API path, with no restart and no warning.
+#[test]
+fn trusted_proxies_and_the_api_path_reload_live() {
+    let s = Server::with(Options {
+        trusted_proxies: vec![],
+        ..Options::default()
+    });
+    let ip = |s: &Server, path: &str| {
+        let r = common::Reply::from(
+            s.client()
+                .get(s.url(&format!("{path}?pid=demo")))
+                .header("Origin", ALLOWED)
+                .header("X-Forwarded-For", "81.2.69.142")
+                .send()
+                .unwrap(),
+        );
+        (
+            r.status,
+            r.json()["data"]["ipAddress"].as_str().map(str::to_owned),
+        )
+    };
+    assert_eq!(ip(&s, "/api/"), (200, Some("127.0.0.1".to_owned())));
+
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let changed = config
+        .replace(
+            "trusted_proxies = []",
+            "trusted_proxies = [\"127.0.0.1/32\"]",
+        )
+        .replace("[api]\n", "[api]\npath = \"/visitor/\"\n");
+    assert_ne!(changed, config);
+    replace(&s.config, changed.as_bytes());
+    assert!(
+        eventually(Duration::from_secs(5), || ip(&s, "/visitor/")
+            == (200, Some("81.2.69.142".to_owned()))),
+        "{}",
+        s.logs()
+    );
+    assert_eq!(ip(&s, "/api/").0, 404);
+    assert!(!s.logs().contains("take effect on restart"), "{}", s.logs());
+}
+
 #[test]
 fn listener_changes_are_logged_as_taking_effect_on_restart() {
     let s = Server::start();
