@@ -558,6 +558,36 @@ fn proxy_protocol_sets_the_client_address() {
     );
     assert_eq!(status, 200);
 
+    // v1 UNKNOWN (a balancer that cannot tell) keeps the TCP peer.
+    let mut tls = tls_connect(pp_addr, &s.ca, "localhost", b"PROXY UNKNOWN\r\n").unwrap();
+    let (status, _, body) = http_exchange(
+        &mut tls,
+        "GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"]["ipAddress"], "127.0.0.1");
+
+    // A connection that never sends its header is closed after 5 s.
+    let mut silent = std::net::TcpStream::connect(pp_addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let end = std::io::Read::read(&mut silent, &mut [0u8; 16]);
+    let waited = started.elapsed();
+    assert!(
+        matches!(end, Ok(0))
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+
     // Without a header the connection is closed before TLS completes.
     assert!(tls_connect(pp_addr, &s.ca, "localhost", b"").is_err());
     assert!(tls_connect(pp_addr, &s.ca, "localhost", b"PROXY TCP4 nonsense\r\n").is_err());
