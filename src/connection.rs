@@ -10,11 +10,16 @@
 //! the HTTP application sees it: the wrapper holds the connection's place in
 //! the per-peer count until it is dropped, and watches the bytes read for
 //! the blank line that ends a request head.
+//!
+//! The same wrapper keeps the count of open connections that lets a
+//! graceful shutdown end as soon as the last one has closed
+//! ([`open_connections`]) instead of always waiting out the grace period.
 
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -113,11 +118,39 @@ fn peer_ip(stream: &Stream) -> Option<IpAddr> {
     digest.peer_addr()?.as_inet().map(|a| a.ip())
 }
 
+/// Connections accepted on the HTTP listeners and not yet closed.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// How many connections are open on the HTTP listeners (TLS and redirect;
+/// not the metrics listener), counted from when the application gets them
+/// (after the TLS handshake) until they close.
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::Acquire)
+}
+
+/// One place in [`OPEN`], held for a connection's life.
+#[derive(Debug)]
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> OpenConnection {
+        OPEN.fetch_add(1, Ordering::AcqRel);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The accepted stream with its connection guard and head clock.
 #[derive(Debug)]
 pub struct Limited {
     inner: Stream,
     _place: Option<GuardSlot>,
+    _open: OpenConnection,
     head: Option<HeadClock>,
 }
 
@@ -135,6 +168,7 @@ impl Limited {
         Limited {
             inner,
             _place: guard.map(GuardSlot),
+            _open: OpenConnection::new(),
             head: deadline.map(HeadClock::new),
         }
     }

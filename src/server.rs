@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -17,14 +17,14 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{ExecutionPhase, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, ListenerKind};
-use crate::connection::Guarded;
+use crate::connection::{open_connections, Guarded};
 use crate::limits::Limiter;
 use crate::metrics::METRICS;
 use crate::proxy::{CertResolver, MetricsApp, Visitord};
@@ -177,8 +177,60 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
             .collect(),
         serving,
     );
+    exit_when_drained(server.watch_execution_phase());
     server.run(pingora::server::RunArgs::default());
     Ok(())
+}
+
+/// How long no connection may be open, after SIGTERM, before the drain is
+/// over: a connection accepted just before the signal is counted only once
+/// its TLS handshake is done.
+const DRAIN_SETTLE: Duration = Duration::from_secs(1);
+
+/// After SIGTERM, Pingora stops accepting, closes idle keep-alive
+/// connections and lets running requests finish, then sleeps the whole
+/// grace period whether or not anything is left. This ends the process as
+/// soon as every connection has closed (and stayed so for
+/// [`DRAIN_SETTLE`]), as nginx does; the grace period stays the upper bound.
+fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let spawned = std::thread::Builder::new()
+        .name("visitord-drain".into())
+        .spawn(move || {
+            loop {
+                match phases.blocking_recv() {
+                    Ok(ExecutionPhase::GracefulTerminate) => break,
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+            let mut drain = Drain::default();
+            while !drain.done(open_connections(), Instant::now()) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            log::info!("graceful shutdown: every connection has closed; exiting");
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch the shutdown drain ({e}); SIGTERM waits out the grace period");
+    }
+}
+
+/// Whether a drain is over, from the open-connection counts seen over time.
+#[derive(Debug, Default)]
+struct Drain {
+    idle_since: Option<Instant>,
+}
+
+impl Drain {
+    fn done(&mut self, open: usize, now: Instant) -> bool {
+        if open > 0 {
+            self.idle_since = None;
+            return false;
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        now.duration_since(since) >= DRAIN_SETTLE
+    }
 }
 
 /// Keep-alive bounds (restart to change): Pingora's defaults are no limit on
@@ -269,6 +321,20 @@ async fn read_proxy_header(stream: &mut L4Stream) -> pingora::Result<ProxyHeader
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drain_ends_after_a_settled_quiet() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut d = Drain::default();
+        assert!(!d.done(2, at(0)));
+        assert!(!d.done(0, at(100)));
+        // A connection that appears restarts the wait.
+        assert!(!d.done(1, at(900)));
+        assert!(!d.done(0, at(1000)));
+        assert!(!d.done(0, at(1999)));
+        assert!(d.done(0, at(2000)));
+    }
 
     #[test]
     fn keepalive_requests_are_requests_not_reuses() {

@@ -260,6 +260,25 @@ fn sigterm_exits_within_the_grace_period() {
     assert!(std::net::TcpStream::connect(s.https).is_err());
 }
 
+/// With nothing to drain, SIGTERM does not wait out the grace period.
+#[test]
+fn sigterm_with_nothing_open_exits_early() {
+    let s = Server::with(Options {
+        grace_period: "30s",
+        ..Options::default()
+    });
+    assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+    let (status, took) = s.terminate();
+    assert!(status.success(), "{status:?}");
+    // The client's idle keep-alive connection is closed by the shutdown.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        s.logs().contains("every connection has closed"),
+        "{}",
+        s.logs()
+    );
+}
+
 #[test]
 fn sigint_exits_at_once() {
     let s = Server::with(Options {

@@ -637,3 +637,34 @@ fn sites_reload_live() {
     );
     assert_eq!(get(&s, SITE, "/", &[]).header("x-upstream"), Some("b"));
 }
+
+/// SIGTERM drains: a request running when it arrives is answered, and then
+/// visitord exits without waiting out the rest of the grace period.
+#[test]
+fn sigterm_lets_a_running_request_finish_then_exits() {
+    let up = Upstream::start("slow");
+    let s = Server::with(Options {
+        extra: site(&[SITE], &[&up], "read_timeout = \"10s\""),
+        grace_period: "30s",
+        ..Options::default()
+    });
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| get(&s, SITE, "/slow", &[]));
+        assert!(eventually(Duration::from_secs(5), || up.requests() == 1));
+        let signalled = Instant::now();
+        s.signal("TERM");
+        let r = running.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let status = s.wait_exit(Duration::from_secs(20));
+        assert!(status.success(), "{status:?}");
+        let took = signalled.elapsed();
+        // The upstream takes 3 s; the grace period is 30 s.
+        assert!(took >= Duration::from_secs(2), "exited after {took:?}");
+        assert!(took < Duration::from_secs(15), "exited after {took:?}");
+    });
+    assert!(
+        s.logs().contains("every connection has closed"),
+        "{}",
+        s.logs()
+    );
+}
