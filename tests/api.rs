@@ -289,11 +289,8 @@ fn preflight_is_204_with_cors() {
 #[test]
 fn plain_http_redirects_to_https_except_health() {
     let s = Server::start();
-    let client = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap();
+    // The test client follows no redirects.
+    let client = s.client();
     let r = client
         .get(format!("http://{}/api/?pid=demo&x=1", s.http))
         .header("Host", "visitor.example.com:80")
@@ -433,12 +430,8 @@ impl JsonBody for reqwest::blocking::Response {
 #[test]
 fn hsts_is_tls_only_and_can_be_turned_off() {
     let s = Server::start();
-    let plain = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap();
-    let r = plain
+    let r = s
+        .client()
         .get(format!("http://{}/api/?pid=demo", s.http))
         .send()
         .unwrap();
