@@ -23,17 +23,13 @@ use visitord::limits::Limiter;
 use visitord::origin::{self, Decision, DomainPattern};
 use visitord::snapshot::Snapshot;
 
-/// The eight browsers the load benchmark (`benches/load.lua`) sends.
-const BROWSERS: [&str; 8] = [
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.6723.102 Mobile Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.6 Safari/605.1.15",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
-    "Mozilla/5.0 (Linux; Android 13; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/129.0.0.0 Mobile Safari/537.36",
-    "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1",
-];
+/// The eight browsers the load benchmark (`benches/load.lua`) sends, one
+/// user agent a line.
+static BROWSER_LINES: &str = include_str!("browsers.txt");
+
+fn browsers() -> Vec<&'static str> {
+    BROWSER_LINES.lines().filter(|l| !l.is_empty()).collect()
+}
 
 /// A project's domains as a shop might list them; the caller matches the
 /// fourth, so the check walks past a few that do not.
@@ -151,13 +147,14 @@ fn geo_lookup(c: &mut Criterion) {
 /// miss, plus the cache insert (and eviction once full) a miss costs.
 fn user_agent(c: &mut Criterion) {
     let parser = AgentParser::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let browsers = browsers();
     let mut group = c.benchmark_group("user_agent");
     group.throughput(Throughput::Elements(1));
     let mut i = 0;
     group.bench_function("parse_cached", |b| {
         b.iter(|| {
-            i = (i + 1) % BROWSERS.len();
-            black_box(parser.parse(black_box(BROWSERS[i])));
+            i = (i + 1) % browsers.len();
+            black_box(parser.parse(black_box(browsers[i])));
         })
     });
     static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -166,7 +163,7 @@ fn user_agent(c: &mut Criterion) {
             let agents: Vec<String> = (0..iters)
                 .map(|k| {
                     let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
-                    format!("{} bench/{n}", BROWSERS[k as usize % BROWSERS.len()])
+                    format!("{} bench/{n}", browsers[k as usize % browsers.len()])
                 })
                 .collect();
             let start = Instant::now();
@@ -296,6 +293,7 @@ fn whole_answer(c: &mut Criterion) {
     let bench = load_snapshot();
     let snap = &bench.snapshot;
     let ips = addresses();
+    let browsers = browsers();
     let mut group = c.benchmark_group("answer");
     group.throughput(Throughput::Elements(1));
 
@@ -306,7 +304,7 @@ fn whole_answer(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let ip = ips[i % ips.len()];
-            let agent = snap.agents.parse(BROWSERS[i % BROWSERS.len()]);
+            let agent = snap.agents.parse(browsers[i % browsers.len()]);
             let location = snap.geo.lookup(ip);
             let data = api::visitor(ip, &location, &agent);
             black_box(api::success_body(&data))
@@ -317,7 +315,7 @@ fn whole_answer(c: &mut Criterion) {
     // of the above is country facts, formatting and serde_json.
     let london: IpAddr = IpAddr::V4(Ipv4Addr::new(81, 2, 69, 142));
     let location = snap.geo.lookup(london);
-    let agent = snap.agents.parse(BROWSERS[0]);
+    let agent = snap.agents.parse(browsers[0]);
     group.bench_function("visitor_json_only", |b| {
         b.iter(|| {
             let data = api::visitor(black_box(london), black_box(&location), &agent);
@@ -335,7 +333,7 @@ fn whole_answer(c: &mut Criterion) {
                 query: Some("pid=shop"),
                 origin: Some(ORIGIN),
                 referer: None,
-                user_agent: Some(BROWSERS[i % BROWSERS.len()].as_bytes()),
+                user_agent: Some(browsers[i % browsers.len()].as_bytes()),
                 request_headers: None,
                 client_ip: ips[i % ips.len()],
             };
@@ -353,7 +351,7 @@ fn whole_answer(c: &mut Criterion) {
             query: Some("pid=shop"),
             origin: Some(ORIGIN),
             referer: None,
-            user_agent: Some(BROWSERS[0].as_bytes()),
+            user_agent: Some(browsers[0].as_bytes()),
             request_headers: None,
             client_ip: ips[1],
         },
