@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -262,20 +263,34 @@ fn sigterm_exits_within_the_grace_period() {
 
 /// With nothing to drain, SIGTERM does not wait out the grace period.
 #[test]
-fn sigterm_with_nothing_open_exits_early() {
+fn sigterm_with_only_idle_connections_exits_early() {
     let s = Server::with(Options {
         grace_period: "30s",
         ..Options::default()
     });
-    assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+    // A kept-alive connection, idle after its answer.
+    let mut idle = common::tls_connect(s.https, &s.ca, "localhost", b"").unwrap();
+    idle.write_all(
+        b"GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
     let (status, took) = s.terminate();
     assert!(status.success(), "{status:?}");
-    // The client's idle keep-alive connection is closed by the shutdown.
+    // The shutdown closed the idle connection instead of waiting 30 s.
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(
         s.logs().contains("every connection has closed"),
         "{}",
         s.logs()
+    );
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    assert!(
+        !rest.ends_with(b"HTTP/1.1"),
+        "the connection was still served"
     );
 }
 
