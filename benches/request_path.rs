@@ -17,11 +17,14 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use visitord::agent::AgentParser;
-use visitord::api::{self, ApiRequest, Method};
+use visitord::api;
+use visitord::config::ListenerKind;
 use visitord::geo::GeoDb;
 use visitord::limits::Limiter;
 use visitord::origin::{self, Decision, DomainPattern};
+use visitord::route::{self, RequestFacts};
 use visitord::snapshot::Snapshot;
+use visitord::visitor::{success_body, visitor};
 
 /// The eight browsers the load benchmark (`benches/load.lua`) sends, one
 /// user agent a line.
@@ -306,8 +309,8 @@ fn whole_answer(c: &mut Criterion) {
             let ip = ips[i % ips.len()];
             let agent = snap.agents.parse(browsers[i % browsers.len()]);
             let location = snap.geo.lookup(ip);
-            let data = api::visitor(ip, &location, &agent);
-            black_box(api::success_body(&data))
+            let data = visitor(ip, &location, &agent);
+            black_box(success_body(&data))
         })
     });
 
@@ -318,45 +321,48 @@ fn whole_answer(c: &mut Criterion) {
     let agent = snap.agents.parse(browsers[0]);
     group.bench_function("visitor_json_only", |b| {
         b.iter(|| {
-            let data = api::visitor(black_box(london), black_box(&location), &agent);
-            black_box(api::success_body(&data))
+            let data = visitor(black_box(london), black_box(&location), &agent);
+            black_box(success_body(&data))
         })
     });
 
+    // The whole request path after Pingora's parser: the head read into
+    // facts (client address from a trusted X-Forwarded-For), routed, and
+    // answered. One request head per address, built beforehand.
+    let heads: Vec<http::request::Parts> = ips
+        .iter()
+        .enumerate()
+        .map(|(k, ip)| {
+            http::Request::get("/api/?pid=shop")
+                .header("host", "visitor.example.com")
+                .header("origin", std::str::from_utf8(ORIGIN).unwrap_or_default())
+                .header("user-agent", browsers[k % browsers.len()])
+                .header("x-forwarded-for", ip.to_string())
+                .body(())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_parts()
+                .0
+        })
+        .collect();
+    let proxy: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let limiter = Limiter::new();
+    let answer = |head: &http::request::Parts| {
+        let facts = RequestFacts::read(head, proxy, ListenerKind::Tls, snap);
+        assert_eq!(route::route(snap, &facts), route::Route::Api);
+        api::answer(snap, &facts, &limiter)
+    };
     let mut i = 0;
     group.bench_function(format!("api_answer_{}", bench.database), |b| {
         b.iter(|| {
             i += 1;
-            let request = ApiRequest {
-                method: Method::Get,
-                query: Some("pid=shop"),
-                origin: Some(ORIGIN),
-                referer: None,
-                user_agent: Some(browsers[i % browsers.len()].as_bytes()),
-                request_headers: None,
-                client_ip: ips[i % ips.len()],
-            };
-            let answer = api::answer(snap, black_box(&request), &limiter);
+            let answer = answer(black_box(&heads[i % heads.len()]));
             debug_assert_eq!(answer.status, 200);
             black_box(answer)
         })
     });
     group.finish();
 
-    let sample = api::answer(
-        snap,
-        &ApiRequest {
-            method: Method::Get,
-            query: Some("pid=shop"),
-            origin: Some(ORIGIN),
-            referer: None,
-            user_agent: Some(browsers[0].as_bytes()),
-            request_headers: None,
-            client_ip: ips[1],
-        },
-        &limiter,
-    );
+    let sample = answer(&heads[1]);
     assert_eq!(sample.status, 200, "{:?}", sample.body);
     eprintln!("answer body: {} bytes", sample.body.len());
 }

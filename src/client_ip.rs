@@ -43,10 +43,69 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use http::HeaderValue;
 use ipnet::IpNet;
+
+use crate::host;
 
 /// Most forwarding entries examined per request, counted from the right.
 pub const MAX_HOPS: usize = 32;
+
+/// `client_ip.trusted_proxies`: the networks whose forwarding headers are
+/// believed. Addresses are compared in canonical form (IPv4-mapped IPv6
+/// unwrapped), and so are the networks: `::ffff:10.0.0.0/104` is
+/// `10.0.0.0/8`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> TrustedProxies {
+        TrustedProxies(nets.into_iter().map(canonical_net).collect())
+    }
+
+    /// Whether `ip` (in any form) is inside a trusted network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn nets(&self) -> &[IpNet] {
+        &self.0
+    }
+}
+
+/// An IPv4-mapped IPv6 network as the IPv4 network it maps.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// Where the client address of a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The TCP peer (or the PROXY protocol source) is the client.
+    Peer,
+    /// A hop of `X-Forwarded-For` sent by a trusted proxy.
+    ForwardedFor,
+    /// A `for=` of `Forwarded` sent by a trusted proxy.
+    Forwarded,
+}
+
+/// The client of a request: its canonical address and where it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp {
+    pub ip: IpAddr,
+    pub via: Via,
+}
 
 /// The client address for a request that arrived from `peer`, given the
 /// first (or comma-joined) values of `X-Forwarded-For` and `Forwarded`.
@@ -54,50 +113,79 @@ pub const MAX_HOPS: usize = 32;
 /// may have been sent as several lines.
 pub fn client_ip(
     peer: IpAddr,
-    trusted: &[IpNet],
+    trusted: &TrustedProxies,
     forwarded_for: Option<&[u8]>,
     forwarded: Option<&[u8]>,
 ) -> IpAddr {
-    client_ip_from_lines(peer, trusted, forwarded_for, forwarded)
+    client_ip_from_lines(peer, trusted, forwarded_for, forwarded).ip
 }
 
 /// [`client_ip`] over every line of each header, in the order received, for
 /// example `headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes())`.
 pub fn client_ip_from_lines<'a, X, F>(
     peer: IpAddr,
-    trusted: &[IpNet],
+    trusted: &TrustedProxies,
     forwarded_for: X,
     forwarded: F,
-) -> IpAddr
+) -> ClientIp
 where
     X: IntoIterator<Item = &'a [u8]>,
     X::IntoIter: DoubleEndedIterator,
     F: IntoIterator<Item = &'a [u8]>,
 {
     let peer = peer.to_canonical();
-    if !is_trusted(trusted, peer) {
-        return peer;
+    let from = |via| move |ip| ClientIp { ip, via };
+    if !trusted.contains(peer) {
+        return from(Via::Peer)(peer);
     }
     if let Some(client) = walk_forwarded_for(Walk::new(trusted, peer), forwarded_for) {
-        return client;
+        return from(Via::ForwardedFor)(client);
     }
-    walk_forwarded(Walk::new(trusted, peer), forwarded).unwrap_or(peer)
+    match walk_forwarded(Walk::new(trusted, peer), forwarded) {
+        Some(client) => from(Via::Forwarded)(client),
+        None => from(Via::Peer)(peer),
+    }
 }
 
-fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
-    trusted.iter().any(|net| net.contains(&ip))
+/// `X-Forwarded-For` for an upstream, as nginx's
+/// `$proxy_add_x_forwarded_for` but believing only trusted peers: a
+/// trusted peer's chain (`incoming`, every line) is kept and the peer
+/// appended; an untrusted peer's chain is the client's own invention and is
+/// dropped, leaving the peer, which is then the client. With the PROXY
+/// protocol the peer is the address the balancer named.
+pub fn forwarded_for<'a>(
+    peer: IpAddr,
+    peer_trusted: bool,
+    incoming: impl Iterator<Item = &'a [u8]>,
+) -> HeaderValue {
+    let peer = peer.to_canonical().to_string();
+    let mut out: Vec<u8> = Vec::new();
+    if peer_trusted {
+        for line in incoming {
+            let line = line.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            out.extend_from_slice(line);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(peer.as_bytes());
+    HeaderValue::from_bytes(&out)
+        .or_else(|_| HeaderValue::from_str(&peer))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The right-to-left walk over hops, shared by both headers.
 struct Walk<'t> {
-    trusted: &'t [IpNet],
+    trusted: &'t TrustedProxies,
     /// The leftmost trusted, valid address so far; starts as the peer.
     last_trusted: IpAddr,
     hops: usize,
 }
 
 impl<'t> Walk<'t> {
-    fn new(trusted: &'t [IpNet], peer: IpAddr) -> Self {
+    fn new(trusted: &'t TrustedProxies, peer: IpAddr) -> Self {
         Walk {
             trusted,
             last_trusted: peer,
@@ -112,7 +200,7 @@ impl<'t> Walk<'t> {
         let Some(ip) = hop.map(|ip| ip.to_canonical()) else {
             return Some(self.last_trusted);
         };
-        if !is_trusted(self.trusted, ip) {
+        if !self.trusted.contains(ip) {
             return Some(ip);
         }
         self.last_trusted = ip;
@@ -216,21 +304,17 @@ fn parse_forwarded_value(value: &[u8]) -> Option<IpAddr> {
 /// an IPv4 or IPv6 address, optionally bracketed (IPv6) and with a port.
 fn parse_node(node: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(node).ok()?;
-    if let Some(rest) = text.strip_prefix('[') {
-        let (addr, after) = rest.split_once(']')?;
-        if !after.is_empty() && !is_port(after.strip_prefix(':')?) {
-            return None;
-        }
-        return addr.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
-    }
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Some(ip);
     }
-    let (addr, port) = text.split_once(':')?;
-    if !is_port(port) {
+    let (host, port) = host::split_port(text).ok()?;
+    if !port.is_none_or(is_port) {
         return None;
     }
-    addr.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+    }
 }
 
 /// RFC 7239 `node-port = port / obfport`; the value is never used.
@@ -294,8 +378,8 @@ impl<'a> Iterator for QuoteAwareSplit<'a> {
 mod tests {
     use super::*;
 
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
+    fn nets(list: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(list.iter().map(|s| s.parse().unwrap()))
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -382,7 +466,7 @@ mod tests {
         assert_eq!(
             client_ip(
                 ip("10.0.0.1"),
-                &[],
+                &TrustedProxies::default(),
                 Some(b"203.0.113.9"),
                 Some(b"for=203.0.113.9")
             ),
@@ -411,7 +495,8 @@ mod tests {
                 &trusted,
                 xff.iter().map(|l| l.as_bytes()),
                 fwd.iter().map(|l| l.as_bytes()),
-            );
+            )
+            .ip;
             assert_eq!(got, ip(expected), "xff={xff:?} fwd={fwd:?}");
             let joined_xff = xff.join(",");
             let joined_fwd = fwd.join(",");
@@ -458,5 +543,78 @@ mod tests {
         for &(node, expected) in cases {
             assert_eq!(parse_node(node.as_bytes()), expected.map(ip), "{node:?}");
         }
+    }
+
+    #[test]
+    fn the_source_of_the_address_is_reported() {
+        let trusted = nets(PROXIES);
+        let via = |peer: &str, xff: Option<&str>, fwd: Option<&str>| {
+            client_ip_from_lines(
+                ip(peer),
+                &trusted,
+                xff.map(str::as_bytes),
+                fwd.map(str::as_bytes),
+            )
+        };
+        assert_eq!(
+            via("198.51.100.1", Some("203.0.113.9"), None).via,
+            Via::Peer
+        );
+        assert_eq!(via("10.0.0.1", None, None).via, Via::Peer);
+        assert_eq!(
+            via("10.0.0.1", Some("203.0.113.9"), None),
+            ClientIp {
+                ip: ip("203.0.113.9"),
+                via: Via::ForwardedFor
+            }
+        );
+        assert_eq!(
+            via("10.0.0.1", None, Some("for=203.0.113.9")),
+            ClientIp {
+                ip: ip("203.0.113.9"),
+                via: Via::Forwarded
+            }
+        );
+    }
+
+    #[test]
+    fn mapped_networks_are_their_ipv4_networks() {
+        let t = nets(&["::ffff:10.0.0.0/104", "2001:db8::/32"]);
+        assert_eq!(t.nets()[0], "10.0.0.0/8".parse::<IpNet>().unwrap());
+        assert!(t.contains(ip("10.1.2.3")));
+        assert!(t.contains(ip("::ffff:10.1.2.3")));
+        assert!(!t.contains(ip("11.0.0.1")));
+        assert!(t.contains(ip("2001:db8::5")));
+        assert!(!TrustedProxies::default().contains(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn forwarded_for_trusts_only_trusted_peers() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let ff = |peer: &str, lines: &[&str]| {
+            let peer = ip(peer);
+            forwarded_for(
+                peer,
+                trusted.contains(peer),
+                lines.iter().map(|l| l.as_bytes()),
+            )
+            .to_str()
+            .unwrap()
+            .to_owned()
+        };
+        assert_eq!(
+            ff("81.2.69.142", &["1.2.3.4"]),
+            "81.2.69.142",
+            "untrusted: dropped"
+        );
+        assert_eq!(ff("81.2.69.142", &[]), "81.2.69.142");
+        assert_eq!(ff("10.0.0.1", &["81.2.69.142"]), "81.2.69.142, 10.0.0.1");
+        assert_eq!(
+            ff("10.0.0.1", &["1.1.1.1, 81.2.69.142", " ", "10.0.0.9 "]),
+            "1.1.1.1, 81.2.69.142, 10.0.0.9, 10.0.0.1"
+        );
+        assert_eq!(ff("10.0.0.1", &[]), "10.0.0.1");
+        assert_eq!(ff("::ffff:10.0.0.1", &["8.8.8.8"]), "8.8.8.8, 10.0.0.1");
+        assert_eq!(ff("2001:db8::1", &[]), "2001:db8::1");
     }
 }

@@ -74,20 +74,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let limited = {
             let snap = self.shared.load();
             let limits = &snap.config.limits;
-            let peer = peer_ip(&stream);
-            let trusted = peer.is_some_and(|ip| {
-                let ip = ip.to_canonical();
-                snap.config
-                    .client_ip
-                    .trusted_proxies
-                    .iter()
-                    .any(|net| net.contains(&ip))
-            });
+            let peer = peer_ip(&stream).map(|ip| ip.to_canonical());
+            let trusted = &snap.config.client_ip.trusted_proxies;
             // A trusted proxy multiplexes many clients; it is not capped.
-            let guard = match peer.filter(|_| !trusted) {
+            let guard = match peer.filter(|&ip| !trusted.contains(ip)) {
                 Some(ip) => match self
                     .limiter
-                    .open_connection(ip.to_canonical(), limits.max_connections_per_ip)
+                    .open_connection(ip, limits.max_connections_per_ip)
                 {
                     Ok(guard) => guard,
                     Err(refusal) => {

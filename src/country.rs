@@ -93,6 +93,12 @@ pub fn lookup(code: &str) -> Option<&'static CountryFacts> {
     TABLE.get(slot(code.as_bytes())?)?.as_ref()
 }
 
+/// Builds the table now rather than on the first request that needs it
+/// (a few milliseconds: every country's translations are read).
+pub fn warm_up() {
+    LazyLock::force(&TABLE);
+}
+
 /// Every known country, in code order.
 pub fn all() -> impl Iterator<Item = &'static CountryFacts> {
     TABLE.iter().flatten()

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use visitord::snapshot::Snapshot;
-use visitord::{api, server, tls};
+use visitord::{server, tls};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,11 +113,8 @@ fn check(config: PathBuf) -> anyhow::Result<()> {
 
 fn lookup(config: PathBuf, ip: IpAddr, user_agent: Option<&str>) -> anyhow::Result<()> {
     let snapshot = Snapshot::load(&config, 1)?;
-    let ip = ip.to_canonical();
-    let agent = snapshot.agents.parse(user_agent.unwrap_or(""));
-    let location = snapshot.geo.lookup(ip);
-    let data = api::visitor(ip, &location, &agent);
-    println!("{}", serde_json::to_string_pretty(&data)?);
+    let visitor = snapshot.visitor(ip, user_agent.unwrap_or(""));
+    println!("{}", serde_json::to_string_pretty(&visitor.data())?);
     Ok(())
 }
 

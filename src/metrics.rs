@@ -13,8 +13,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::snapshot::Snapshot;
-
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -127,24 +125,6 @@ impl Metrics {
         }
     }
 
-    /// Publishes what describes the snapshot now serving.
-    pub fn observe_snapshot(&self, snap: &Snapshot) {
-        self.snapshot_generation.set(snap.generation as i64);
-        self.geo_build.reset();
-        for db in snap.geo.databases() {
-            self.geo_build
-                .with_label_values(&[db.name.as_str()])
-                .set(db.build_epoch as i64);
-        }
-        self.cert_expiry.reset();
-        for cert in snap.certificates.iter() {
-            let name = cert.names.first().map_or("", String::as_str);
-            self.cert_expiry
-                .with_label_values(&[name])
-                .set(cert.not_after);
-        }
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
@@ -155,22 +135,53 @@ impl Metrics {
     }
 }
 
-/// Route labels (`api::Route::label`, and `unknown` before routing), in the
-/// order [`RequestMetrics`] keeps their handles.
-const ROUTES: [&str; 8] = [
-    "api",
-    "site",
-    "site_api",
-    "healthz",
-    "readyz",
-    "redirect",
-    "not_found",
-    "unknown",
-];
-/// The `api` route, the only one answered for a project.
-const API: usize = 0;
-/// Statuses whose handles are kept; any other is looked up per request.
-const STATUSES: [u16; 8] = [200, 204, 403, 429, 0, 400, 404, 308];
+/// The `route` label of request metrics: where a request went
+/// (`route::Route::label`), or `unknown` when it failed before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteLabel {
+    Api,
+    Site,
+    SiteApi,
+    Healthz,
+    Readyz,
+    Redirect,
+    NotFound,
+    Unknown,
+}
+
+impl RouteLabel {
+    const COUNT: usize = 8;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteLabel::Api => "api",
+            RouteLabel::Site => "site",
+            RouteLabel::SiteApi => "site_api",
+            RouteLabel::Healthz => "healthz",
+            RouteLabel::Readyz => "readyz",
+            RouteLabel::Redirect => "redirect",
+            RouteLabel::NotFound => "not_found",
+            RouteLabel::Unknown => "unknown",
+        }
+    }
+}
+
+/// Statuses whose handles are kept, by slot; any other is looked up per
+/// request.
+fn status_slot(status: u16) -> Option<usize> {
+    Some(match status {
+        200 => 0,
+        204 => 1,
+        403 => 2,
+        429 => 3,
+        0 => 4,
+        400 => 5,
+        404 => 6,
+        308 => 7,
+        _ => return None,
+    })
+}
+const STATUS_SLOTS: usize = 8;
 
 /// Handles of `visitord_requests_total` and
 /// `visitord_request_duration_seconds` for the label sets nearly every
@@ -184,7 +195,7 @@ pub struct RequestMetrics {
     plain: Box<[OnceLock<IntCounter>]>,
     /// `[project][status]`, `api` requests for a project.
     api: Box<[OnceLock<IntCounter>]>,
-    durations: [OnceLock<Histogram>; ROUTES.len()],
+    durations: [OnceLock<Histogram>; RouteLabel::COUNT],
 }
 
 impl RequestMetrics {
@@ -193,34 +204,45 @@ impl RequestMetrics {
     pub fn new(projects: usize) -> RequestMetrics {
         let slots = |n: usize| (0..n).map(|_| OnceLock::new()).collect();
         RequestMetrics {
-            plain: slots(ROUTES.len() * STATUSES.len()),
-            api: slots(projects * STATUSES.len()),
+            plain: slots(RouteLabel::COUNT * STATUS_SLOTS),
+            api: slots(projects * STATUS_SLOTS),
             durations: Default::default(),
         }
     }
 
-    /// Counts one answered request: `route` is a route label, `project`
-    /// the project's index in the snapshot and its id.
-    pub fn observe(&self, route: &str, status: u16, project: Option<(usize, &str)>, seconds: f64) {
-        let r = ROUTES.iter().position(|known| *known == route);
-        let s = STATUSES.iter().position(|known| *known == status);
-        let slot = match (r, s, project) {
-            (Some(r), Some(s), None) => self.plain.get(r * STATUSES.len() + s),
-            (Some(API), Some(s), Some((p, _))) => self.api.get(p * STATUSES.len() + s),
+    /// Counts one answered request; `project` is the project's index in
+    /// the snapshot and its id.
+    pub fn observe(
+        &self,
+        route: RouteLabel,
+        status: u16,
+        project: Option<(usize, &str)>,
+        seconds: f64,
+    ) {
+        let r = route as usize;
+        let slot = match (status_slot(status), project) {
+            (Some(s), None) => self.plain.get(r * STATUS_SLOTS + s),
+            (Some(s), Some((p, _))) if route == RouteLabel::Api => {
+                self.api.get(p * STATUS_SLOTS + s)
+            }
             _ => None,
         };
         let count = || {
             let project = project.map_or("", |(_, id)| id);
             METRICS
                 .requests
-                .with_label_values(&[route, &status_label(status), project])
+                .with_label_values(&[route.as_str(), &status_label(status), project])
         };
         match slot {
             Some(slot) => slot.get_or_init(count).inc(),
             None => count().inc(),
         }
-        let duration = || METRICS.request_duration.with_label_values(&[route]);
-        match r.and_then(|r| self.durations.get(r)) {
+        let duration = || {
+            METRICS
+                .request_duration
+                .with_label_values(&[route.as_str()])
+        };
+        match self.durations.get(r) {
             Some(slot) => slot.get_or_init(duration).observe(seconds),
             None => duration().observe(seconds),
         }
@@ -230,7 +252,7 @@ impl RequestMetrics {
 impl std::fmt::Debug for RequestMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestMetrics")
-            .field("projects", &(self.api.len() / STATUSES.len()))
+            .field("projects", &(self.api.len() / STATUS_SLOTS))
             .finish_non_exhaustive()
     }
 }
@@ -265,36 +287,36 @@ mod tests {
                 .with_label_values(&[route, status, project])
                 .get()
         };
-        type Case<'a> = (&'a str, u16, Option<(usize, &'a str)>, &'a str);
+        type Case<'a> = (RouteLabel, u16, Option<(usize, &'a str)>, &'a str);
         let cases: [Case<'_>; 6] = [
-            ("api", 200, Some((1, "handles-b")), "handles-b"),
-            ("api", 403, Some((0, "handles-a")), "handles-a"),
-            ("api", 418, Some((0, "handles-a")), "handles-a"),
-            ("site", 502, None, ""),
-            ("healthz", 200, None, ""),
-            ("not-a-route", 200, None, ""),
+            (RouteLabel::Api, 200, Some((1, "handles-b")), "handles-b"),
+            (RouteLabel::Api, 403, Some((0, "handles-a")), "handles-a"),
+            (RouteLabel::Api, 418, Some((0, "handles-a")), "handles-a"),
+            (RouteLabel::Site, 502, None, ""),
+            (RouteLabel::Healthz, 200, None, ""),
+            (RouteLabel::Unknown, 200, None, ""),
         ];
         for (route, status, project, label) in cases {
             let status_text = status.to_string();
-            let before = count(route, &status_text, label);
+            let before = count(route.as_str(), &status_text, label);
             m.observe(route, status, project, 0.001);
             m.observe(route, status, project, 0.001);
             assert_eq!(
-                count(route, &status_text, label),
+                count(route.as_str(), &status_text, label),
                 before + 2,
-                "{route} {status}"
+                "{route:?} {status}"
             );
         }
         // Another snapshot's handles are the same series.
         let again = RequestMetrics::new(2);
         let before = count("api", "200", "handles-b");
-        again.observe("api", 200, Some((1, "handles-b")), 0.001);
+        again.observe(RouteLabel::Api, 200, Some((1, "handles-b")), 0.001);
         assert_eq!(count("api", "200", "handles-b"), before + 1);
         let durations = METRICS
             .request_duration
             .with_label_values(&["healthz"])
             .get_sample_count();
-        m.observe("healthz", 200, None, 0.5);
+        m.observe(RouteLabel::Healthz, 200, None, 0.5);
         assert_eq!(
             METRICS
                 .request_duration

@@ -30,11 +30,12 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::str::FromStr;
 
 use thiserror::Error;
+
+use crate::host::{self, Host, HostError, HostKind, Unicode};
 
 /// Longest `Origin` header value accepted. A serialised origin is at most
 /// scheme + 253-byte host + port, so anything near this is not a browser.
@@ -44,13 +45,6 @@ pub const MAX_ORIGIN_LEN: usize = 2048;
 /// referrer down to its origin above 4096 bytes, so a longer one is not from
 /// a browser.
 pub const MAX_REFERER_LEN: usize = 4096;
-
-/// RFC 1035 limits, without the trailing root dot.
-const MAX_HOST_LEN: usize = 253;
-const MAX_LABEL_LEN: usize = 63;
-
-/// Room for `[` + the longest RFC 5952 text form (45 bytes) + `]`.
-const IPV6_TEXT_BUF: usize = 48;
 
 /// Why an `Origin` or `Referer` value could not be read as an origin.
 ///
@@ -89,30 +83,6 @@ pub enum OriginError {
     InvalidPort,
     #[error("invalid host: {0}")]
     Host(#[from] HostError),
-}
-
-/// Why a host (of an origin or of a domain pattern) is not acceptable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum HostError {
-    #[error("empty host")]
-    Empty,
-    #[error("invalid character {0:?}")]
-    InvalidChar(char),
-    #[error("empty label (a leading dot or two dots in a row)")]
-    EmptyLabel,
-    #[error("a label is longer than {MAX_LABEL_LEN} bytes")]
-    LabelTooLong,
-    #[error("longer than {MAX_HOST_LEN} bytes")]
-    TooLong,
-    #[error("not a valid internationalised domain name")]
-    Idna,
-    /// The last label is a number, so the host can only be an IPv4 address,
-    /// and it is not one in dotted-decimal form (`127.1`, `0x7f.0.0.1` and
-    /// `01.2.3.4` are refused rather than guessed at).
-    #[error("ends in a number but is not a dotted-decimal IPv4 address")]
-    InvalidIpv4,
-    #[error("not a valid bracketed IPv6 address")]
-    InvalidIpv6,
 }
 
 /// Why a configured domain pattern is not acceptable. Every message starts
@@ -171,13 +141,6 @@ impl Scheme {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HostKind {
-    Domain,
-    Ipv4,
-    Ipv6,
-}
-
 /// Where the normalised host lives: in the common case it is already a
 /// slice of the raw value and costs no second allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,7 +191,7 @@ impl Origin {
     }
 
     /// Whether the host is `localhost`, `*.localhost`, `127.0.0.0/8` or
-    /// `[::1]` (see [`is_loopback_host`]).
+    /// `[::1]` (see [`host::is_loopback_host`]).
     pub fn is_loopback(&self) -> bool {
         self.loopback
     }
@@ -269,7 +232,7 @@ pub fn origin_of_referer(value: &str) -> Result<Origin, OriginError> {
 
 struct Parts<'a> {
     scheme: Scheme,
-    host: NormHost<'a>,
+    host: Host<'a>,
     host_start: usize,
     port: Option<u16>,
     /// Byte offset where the authority ends (path, query, fragment or end).
@@ -340,8 +303,9 @@ fn parse_parts(value: &str, max_len: usize) -> Result<Parts<'_>, OriginError> {
         return Err(OriginError::UserInfo);
     }
 
-    let (host_text, port_text) = split_host_port(authority)?;
-    let host = normalize_host(host_text)?;
+    let (host_text, port_text) = host::split_port(authority)?;
+    // Non-ASCII was refused above; punycode conversion never runs here.
+    let host = host::normalize(host_text, Unicode::Refuse)?;
     let port = match port_text {
         None => None,
         Some(text) => parse_port(text, scheme)?,
@@ -362,201 +326,10 @@ fn is_scheme(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
-fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), OriginError> {
-    if authority.starts_with('[') {
-        let close = authority.find(']').ok_or(HostError::InvalidIpv6)?;
-        let (host, after) = authority.split_at(close + 1);
-        return match after {
-            "" => Ok((host, None)),
-            _ => match after.strip_prefix(':') {
-                Some(port) => Ok((host, Some(port))),
-                None => Err(HostError::InvalidIpv6.into()),
-            },
-        };
-    }
-    Ok(match authority.split_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (authority, None),
-    })
-}
-
 /// A default port counts as no port, as in the origin serialisation.
 fn parse_port(text: &str, scheme: Scheme) -> Result<Option<u16>, OriginError> {
-    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(OriginError::InvalidPort);
-    }
-    let port: u32 = text.parse().map_err(|_| OriginError::InvalidPort)?;
-    match u16::try_from(port) {
-        Ok(0) | Err(_) => Err(OriginError::InvalidPort),
-        Ok(port) if port == scheme.default_port() => Ok(None),
-        Ok(port) => Ok(Some(port)),
-    }
-}
-
-struct NormHost<'a> {
-    /// Borrowed only when it is a prefix of the input (at most a trailing
-    /// dot was dropped).
-    text: Cow<'a, str>,
-    kind: HostKind,
-    loopback: bool,
-}
-
-/// Bytes of an already normalised host name. `_` is allowed because
-/// browsers accept it in hosts (it is not a WHATWG forbidden code point).
-fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-}
-
-fn normalize_host(input: &str) -> Result<NormHost<'_>, HostError> {
-    if input.is_empty() {
-        return Err(HostError::Empty);
-    }
-    if input.starts_with('[') {
-        return normalize_ipv6(input);
-    }
-    let text: Cow<'_, str> = if input.bytes().all(is_host_byte) {
-        // The fast path: what browsers send. No IDN work, no allocation.
-        Cow::Borrowed(input)
-    } else {
-        // Refuse stray ASCII before UTS #46 so the error names the character.
-        if let Some(c) = input
-            .chars()
-            .find(|c| c.is_ascii() && !is_host_byte(c.to_ascii_lowercase() as u8))
-        {
-            return Err(HostError::InvalidChar(c));
-        }
-        if input.is_ascii() {
-            Cow::Owned(input.to_ascii_lowercase())
-        } else {
-            Cow::Owned(idna_to_ascii(input)?)
-        }
-    };
-    let text = match text {
-        Cow::Borrowed(s) => Cow::Borrowed(s.strip_suffix('.').unwrap_or(s)),
-        Cow::Owned(mut s) => {
-            if s.ends_with('.') {
-                s.pop();
-            }
-            Cow::Owned(s)
-        }
-    };
-    check_ascii_host(&text)?;
-
-    let last_label = text.rsplit('.').next().unwrap_or_default();
-    if is_numeric_label(last_label) {
-        let ip: Ipv4Addr = text.parse().map_err(|_| HostError::InvalidIpv4)?;
-        return Ok(NormHost {
-            text,
-            kind: HostKind::Ipv4,
-            loopback: ip.is_loopback(),
-        });
-    }
-    let loopback = is_localhost_name(&text);
-    Ok(NormHost {
-        text,
-        kind: HostKind::Domain,
-        loopback,
-    })
-}
-
-/// `input` is `[...]`, brackets included. Normalises to RFC 5952 text in
-/// brackets, which is what browsers serialise.
-fn normalize_ipv6(input: &str) -> Result<NormHost<'_>, HostError> {
-    let inner = input
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .ok_or(HostError::InvalidIpv6)?;
-    let addr: Ipv6Addr = inner.parse().map_err(|_| HostError::InvalidIpv6)?;
-    let loopback = addr.to_canonical().is_loopback();
-
-    let mut buf = [0u8; IPV6_TEXT_BUF];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    write!(cursor, "[{addr}]").map_err(|_| HostError::InvalidIpv6)?;
-    let len = usize::try_from(cursor.position()).map_err(|_| HostError::InvalidIpv6)?;
-    let canonical = buf.get(..len).ok_or(HostError::InvalidIpv6)?;
-    let text = if canonical == input.as_bytes() {
-        Cow::Borrowed(input)
-    } else {
-        let canonical = std::str::from_utf8(canonical).map_err(|_| HostError::InvalidIpv6)?;
-        Cow::Owned(canonical.to_owned())
-    };
-    Ok(NormHost {
-        text,
-        kind: HostKind::Ipv6,
-        loopback,
-    })
-}
-
-/// UTS #46 ToASCII with the WHATWG URL settings (no hyphen checks, URL deny
-/// list); lengths are checked afterwards by [`check_ascii_host`].
-fn idna_to_ascii(input: &str) -> Result<String, HostError> {
-    idna::uts46::Uts46::new()
-        .to_ascii(
-            input.as_bytes(),
-            idna::AsciiDenyList::URL,
-            idna::uts46::Hyphens::Allow,
-            idna::uts46::DnsLength::Ignore,
-        )
-        .map(Cow::into_owned)
-        .map_err(|_| HostError::Idna)
-}
-
-/// Final shape check of a normalised host (no trailing dot).
-fn check_ascii_host(host: &str) -> Result<(), HostError> {
-    if host.is_empty() {
-        return Err(HostError::Empty);
-    }
-    if let Some(c) = host
-        .chars()
-        .find(|&c| !c.is_ascii() || !is_host_byte(c as u8))
-    {
-        return Err(HostError::InvalidChar(c));
-    }
-    if host.len() > MAX_HOST_LEN {
-        return Err(HostError::TooLong);
-    }
-    for label in host.split('.') {
-        if label.is_empty() {
-            return Err(HostError::EmptyLabel);
-        }
-        if label.len() > MAX_LABEL_LEN {
-            return Err(HostError::LabelTooLong);
-        }
-    }
-    Ok(())
-}
-
-/// WHATWG URL "ends in a number": such a host is parsed as IPv4 or refused.
-fn is_numeric_label(label: &str) -> bool {
-    let hex = label
-        .strip_prefix("0x")
-        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
-    hex || (!label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()))
-}
-
-fn is_localhost_name(host: &str) -> bool {
-    const SUFFIX: &[u8] = b".localhost";
-    let bytes = host.as_bytes();
-    host.eq_ignore_ascii_case("localhost")
-        || (bytes.len() > SUFFIX.len()
-            && bytes[bytes.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
-}
-
-/// Whether `host` is a loopback host: `localhost`, any `*.localhost`
-/// (RFC 6761 reserves the whole tree for loopback), an address in
-/// `127.0.0.0/8`, or `::1` (bracketed or not; IPv4-mapped loopback counts
-/// too). Meant for normalised hosts, but tolerant of case and one trailing
-/// dot.
-pub fn is_loopback_host(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let ip_text = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    match ip_text.parse::<IpAddr>() {
-        Ok(ip) => ip.to_canonical().is_loopback(),
-        Err(_) => is_localhost_name(host),
-    }
+    let port = host::parse_port(text).map_err(|_| OriginError::InvalidPort)?;
+    Ok((port != scheme.default_port()).then_some(port))
 }
 
 /// Whether a normalised domain is itself a suffix of the Public Suffix List
@@ -632,14 +405,15 @@ impl DomainPattern {
             rest
         };
 
-        let host = normalize_host(host_text).map_err(|e| DomainError::Host(owned(), e))?;
+        let host = host::normalize(host_text, Unicode::ToPunycode)
+            .map_err(|e| DomainError::Host(owned(), e))?;
         if wildcard && host.kind != HostKind::Domain {
             return Err(DomainError::WildcardIp(owned()));
         }
         // Origins skip IDN validation on their fast path, but a pattern is
         // read once: a mistyped `xn--` label is worth an error here.
         if host.text.split('.').any(|label| label.starts_with("xn--"))
-            && idna_to_ascii(&host.text).ok().as_deref() != Some(&*host.text)
+            && host::idna_to_ascii(&host.text).ok().as_deref() != Some(&*host.text)
         {
             return Err(DomainError::Host(owned(), HostError::Idna));
         }
@@ -725,16 +499,6 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    /// Every reason, for registering metric label values up front.
-    pub const ALL: [DenyReason; 6] = [
-        DenyReason::NoOrigin,
-        DenyReason::NullOrigin,
-        DenyReason::Malformed,
-        DenyReason::InsecureScheme,
-        DenyReason::NotListed,
-        DenyReason::UnknownProject,
-    ];
-
     /// A bounded Prometheus label value.
     pub fn as_label(&self) -> &'static str {
         match self {
@@ -794,20 +558,6 @@ pub fn caller_origin(
     let value = referer_header.ok_or(DenyReason::NoOrigin)?;
     let value = std::str::from_utf8(value.trim_ascii()).map_err(|_| DenyReason::Malformed)?;
     origin_of_referer(value).map_err(|_| DenyReason::Malformed)
-}
-
-/// [`caller_origin`] then [`decide`]: the origin to echo in
-/// `Access-Control-Allow-Origin`, or why the request is refused.
-pub fn allowed_origin(
-    domains: &[DomainPattern],
-    origin_header: Option<&[u8]>,
-    referer_header: Option<&[u8]>,
-) -> Result<Origin, DenyReason> {
-    let origin = caller_origin(origin_header, referer_header)?;
-    match decide(domains, &origin) {
-        Decision::Allow => Ok(origin),
-        Decision::Deny(reason) => Err(reason),
-    }
 }
 
 /// How many (project, `Origin`) pairs [`AllowedOrigins`] keeps.
@@ -883,6 +633,19 @@ impl fmt::Debug for AllowedOrigins {
 #[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
 mod tests {
     use super::*;
+
+    /// [`caller_origin`] then [`decide`], as the API does.
+    fn allowed_origin(
+        domains: &[DomainPattern],
+        origin_header: Option<&[u8]>,
+        referer_header: Option<&[u8]>,
+    ) -> Result<Origin, DenyReason> {
+        let origin = caller_origin(origin_header, referer_header)?;
+        match decide(domains, &origin) {
+            Decision::Allow => Ok(origin),
+            Decision::Deny(reason) => Err(reason),
+        }
+    }
 
     fn patterns(list: &[&str]) -> Vec<DomainPattern> {
         list.iter()
@@ -1223,21 +986,6 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn loopback_hosts() {
-        #[rustfmt::skip]
-        let cases: &[(&str, bool)] = &[
-            ("localhost", true), ("LOCALHOST.", true), ("app.localhost", true),
-            ("127.0.0.1", true), ("127.255.0.9", true), ("[::1]", true), ("::1", true),
-            ("[::ffff:127.0.0.1]", true),
-            ("localhost.example.com", false), ("notlocalhost", false), ("128.0.0.1", false),
-            ("[::2]", false), ("0.0.0.0", false), ("bücher.localhost", true), ("ü", false),
-        ];
-        for &(host, expected) in cases {
-            assert_eq!(is_loopback_host(host), expected, "{host}");
-        }
-    }
-
     /// Found by `cargo fuzz run origin`: a Unicode host was accepted, so
     /// `as_str()` was not a valid `Access-Control-Allow-Origin` value.
     #[test]
@@ -1271,7 +1019,17 @@ mod tests {
 
     #[test]
     fn deny_labels_are_distinct_and_bounded() {
-        let labels: Vec<&str> = DenyReason::ALL.iter().map(DenyReason::as_label).collect();
+        let labels: Vec<&str> = [
+            DenyReason::NoOrigin,
+            DenyReason::NullOrigin,
+            DenyReason::Malformed,
+            DenyReason::InsecureScheme,
+            DenyReason::NotListed,
+            DenyReason::UnknownProject,
+        ]
+        .iter()
+        .map(DenyReason::as_label)
+        .collect();
         assert_eq!(
             labels,
             [

@@ -1,8 +1,8 @@
-//! The Pingora layer: reads a request's facts off the `Session`, hands them
-//! to the pure modules, and writes back the `Answer` they return. Deciding
-//! happens elsewhere; this file only translates. Site requests go on
-//! through Pingora's proxy phases (`upstream_peer`, `upstream_request_filter`,
-//! `fail_to_connect`, `fail_to_proxy`) with what `sites.rs` decided.
+//! The Pingora layer: the `ProxyHttp` phases, each a few lines. A request
+//! is read once into `RequestFacts`, routed, and either answered here
+//! (`respond` writes the `Answer` the pure modules return) or handed to the
+//! proxy phases with what `site_request` decided. Metrics are counted once,
+//! in `logging`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -13,27 +13,28 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
-use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{ClientHello, ResolvesServerCert};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::api::{self, Answer, ApiRequest, Method, Route};
-use crate::client_ip;
-use crate::config::ListenerKind as Role;
-use crate::limits::Limiter;
-use crate::metrics::METRICS;
-use crate::sites::{self, Site, VISITOR_HEADERS, VISITOR_HEADER_PREFIX};
+use crate::answer::{self, Answer};
+use crate::api;
+use crate::config::ListenerKind;
+use crate::limits::{Exceeded, Limiter};
+use crate::metrics::{RouteLabel, METRICS};
+use crate::origin::DenyReason;
+use crate::route::{self, Method, RequestFacts, Route};
+use crate::site_request::{self, SiteDecision, SiteRequest};
 use crate::snapshot::{Shared, Snapshot};
+use crate::visitor::{VISITOR_HEADERS, VISITOR_HEADER_PREFIX};
 
 /// The request handler; one per listener role.
 pub struct Visitord {
     shared: Shared,
-    role: Role,
+    role: ListenerKind,
     limiter: Arc<Limiter>,
 }
 
 impl Visitord {
-    pub fn new(shared: Shared, role: Role, limiter: Arc<Limiter>) -> Visitord {
+    pub fn new(shared: Shared, role: ListenerKind, limiter: Arc<Limiter>) -> Visitord {
         Visitord {
             shared,
             role,
@@ -42,27 +43,31 @@ impl Visitord {
     }
 }
 
-/// Per-request state: the snapshot the whole request uses, and what the
-/// `logging` phase reports.
+/// Per-request state: the snapshot the whole request uses, where it was
+/// routed, and what the `logging` phase counts.
 pub struct RequestCtx {
     snap: Arc<Snapshot>,
     started: Instant,
-    route: &'static str,
-    status: u16,
-    /// Index in `snap`'s project list.
-    project: Option<usize>,
+    /// `None` until routed (a request Pingora failed before that).
+    route: Option<Route>,
+    outcome: Outcome,
     /// Set when the request is proxied to a site.
-    site: Option<SiteRequest>,
+    site: Option<SiteCtx>,
 }
 
-/// What the proxy phases of a site request need, decided in `request_filter`.
-struct SiteRequest {
-    index: usize,
-    /// In `sites::VISITOR_HEADERS` order.
-    visitor: [HeaderValue; 11],
-    forwarded_for: HeaderValue,
-    peer_trusted: bool,
-    forwarded_host: Option<HeaderValue>,
+/// What an answer reports to the metrics.
+#[derive(Debug, Default)]
+struct Outcome {
+    status: u16,
+    /// Index in the snapshot's project list.
+    project: Option<usize>,
+    rejection: Option<DenyReason>,
+    limited: Option<Exceeded>,
+}
+
+/// A site request on its way to an upstream.
+struct SiteCtx {
+    request: Box<SiteRequest>,
     /// The upstream of the current attempt.
     upstream: Option<usize>,
     attempts: usize,
@@ -76,60 +81,42 @@ impl ProxyHttp for Visitord {
         RequestCtx {
             snap: self.shared.load_full(),
             started: Instant::now(),
-            route: "unknown",
-            status: 0,
-            project: None,
+            route: None,
+            outcome: Outcome::default(),
             site: None,
         }
     }
 
     async fn request_filter(&self, s: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         keep_alive(s, &ctx.snap);
-        let req = s.req_header();
-        let route = api::route_request(
-            &ctx.snap.sites,
-            host(s),
-            req.uri.path(),
-            &ctx.snap.config.api.path,
-            self.role,
-        );
-        ctx.route = route.label();
+        let snap = &ctx.snap;
+        let facts = RequestFacts::read(s.req_header(), peer_ip(s), self.role, snap);
+        let route = route::route(snap, &facts);
+        ctx.route = Some(route);
+        let head = facts.method == Method::Head;
         let answer = match route {
-            Route::Health => api::health(true),
-            Route::Ready => api::health(true),
-            Route::Redirect { https_port } => api::redirect(host(s), https_port, path_and_query(s)),
-            Route::Api if declares_body(s) => refuse_body(s),
-            Route::Api => {
-                let facts = read_api_request(s, &ctx.snap);
-                let answer = api::answer(&ctx.snap, &facts, &self.limiter);
-                if let Some(reason) = answer.rejection {
-                    METRICS
-                        .origin_rejections
-                        .with_label_values(&[reason.as_label()])
-                        .inc();
-                }
-                answer
+            Route::Health | Route::Ready => answer::health(),
+            Route::Redirect { https_port } => {
+                answer::redirect(facts.valid_host(), https_port, facts.path_and_query)
             }
-            Route::SiteApi(_) if declares_body(s) => refuse_body(s),
-            Route::NotFound => api::not_found(),
+            Route::Api => api::answer(snap, &facts, &self.limiter),
+            Route::NotFound => answer::not_found(),
             Route::Site(i) | Route::SiteApi(i) => {
                 let same_origin = matches!(route, Route::SiteApi(_));
-                match site_request(s, &ctx.snap, i, same_origin, &self.limiter) {
-                    Err(answer) => answer,
-                    Ok(request) => {
-                        ctx.site = Some(request);
+                match site_request::decide(snap, &facts, i, same_origin, &self.limiter) {
+                    SiteDecision::Answer(answer) => answer,
+                    SiteDecision::Proxy(request) => {
+                        ctx.site = Some(SiteCtx {
+                            request,
+                            upstream: None,
+                            attempts: 0,
+                        });
                         return Ok(false);
                     }
                 }
             }
         };
-        if let Some(exceeded) = answer.limited {
-            METRICS
-                .rate_limited
-                .with_label_values(&[exceeded.as_label()])
-                .inc();
-        }
-        respond(s, ctx, answer, self.role == Role::Tls).await?;
+        respond(s, ctx, answer, head, self.role).await?;
         Ok(true)
     }
 
@@ -139,8 +126,9 @@ impl ProxyHttp for Visitord {
         let Some(r) = ctx.site.as_mut() else {
             return Error::e_explain(ErrorType::InternalError, "no upstream for this request");
         };
-        let picked = ctx.snap.sites.get(r.index).and_then(Site::pick);
-        let peer = picked.and_then(|u| ctx.snap.peers.get(r.index, u));
+        let index = r.request.index;
+        let picked = ctx.snap.sites.get(index).and_then(|site| site.pick());
+        let peer = picked.and_then(|u| ctx.snap.peers.get(index, u));
         match (picked, peer) {
             (Some(u), Some(peer)) => {
                 r.upstream = Some(u);
@@ -157,7 +145,7 @@ impl ProxyHttp for Visitord {
         up: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(r) = ctx.site.as_ref() else {
+        let Some(r) = ctx.site.as_ref().map(|r| &r.request) else {
             return Ok(());
         };
         // Exactly one value of each X-Visitor-* reaches the upstream: ours.
@@ -190,7 +178,7 @@ impl ProxyHttp for Visitord {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.status = upstream_response.status.as_u16();
+        ctx.outcome.status = upstream_response.status.as_u16();
         Ok(())
     }
 
@@ -204,7 +192,7 @@ impl ProxyHttp for Visitord {
         let Some(r) = ctx.site.as_ref() else {
             return e;
         };
-        let Some((site, u)) = ctx.snap.sites.get(r.index).zip(r.upstream) else {
+        let Some((site, u)) = ctx.snap.sites.get(r.request.index).zip(r.upstream) else {
             return e;
         };
         if let Some(upstream) = site.upstreams.get(u) {
@@ -240,9 +228,16 @@ impl ProxyHttp for Visitord {
             _ => 500,
         };
         if code > 0 {
-            let answer = api::error(code, reason_phrase(code));
+            let head = s.req_header().method == http::Method::HEAD;
             // Best effort: the client may already be gone.
-            let _ = respond(s, ctx, answer, self.role == Role::Tls).await;
+            let _ = respond(
+                s,
+                ctx,
+                answer::error(code, reason_phrase(code)),
+                head,
+                self.role,
+            )
+            .await;
         }
         FailToProxy {
             error_code: code,
@@ -269,15 +264,26 @@ impl ProxyHttp for Visitord {
 
     async fn logging(&self, _s: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let snap = &ctx.snap;
-        let project = ctx
+        let o = &ctx.outcome;
+        if let Some(reason) = o.rejection {
+            METRICS
+                .origin_rejections
+                .with_label_values(&[reason.as_label()])
+                .inc();
+        }
+        if let Some(exceeded) = o.limited {
+            METRICS
+                .rate_limited
+                .with_label_values(&[exceeded.as_label()])
+                .inc();
+        }
+        let project = o
             .project
             .and_then(|i| Some((i, snap.projects.at(i)?.id.as_str())));
-        snap.request_metrics.observe(
-            ctx.route,
-            ctx.status,
-            project,
-            ctx.started.elapsed().as_secs_f64(),
-        );
+        let route = ctx.route.map_or(RouteLabel::Unknown, Route::label);
+        let seconds = ctx.started.elapsed().as_secs_f64();
+        snap.request_metrics
+            .observe(route, o.status, project, seconds);
     }
 }
 
@@ -289,7 +295,7 @@ impl Visitord {
         let code = site_error_status(e);
         if *e.esource() == ErrorSource::Upstream {
             let upstream = ctx.site.as_ref().and_then(|r| {
-                let site = ctx.snap.sites.get(r.index)?;
+                let site = ctx.snap.sites.get(r.request.index)?;
                 Some((site, site.upstreams.get(r.upstream?)?))
             });
             if let Some((site, u)) = upstream {
@@ -305,8 +311,9 @@ impl Visitord {
         // Once the upstream's response head went out, the status is sent;
         // Pingora closes the connection and the client sees a cut response.
         if code > 0 && s.response_written().is_none() {
+            let head = s.req_header().method == http::Method::HEAD;
             // Best effort: the client may already be gone.
-            let _ = respond(s, ctx, sites::error_page(code), self.role == Role::Tls).await;
+            let _ = respond(s, ctx, answer::error_page(code), head, self.role).await;
         }
         FailToProxy {
             error_code: code,
@@ -342,64 +349,6 @@ fn is_unreachable(etype: &ErrorType) -> bool {
     )
 }
 
-/// Decides a site request: what goes to the upstream, or (`Err`) the
-/// answer given here instead: the same-origin API, a country refusal.
-fn site_request(
-    s: &Session,
-    snap: &Snapshot,
-    index: usize,
-    same_origin: bool,
-    limiter: &Limiter,
-) -> Result<SiteRequest, Answer> {
-    let Some(site) = snap.sites.get(index) else {
-        return Err(api::not_found());
-    };
-    let facts = read_api_request(s, snap);
-    if same_origin {
-        let per_minute = snap.config.limits.requests_per_minute_per_ip;
-        if let Err(refusal) = limiter.client_request(facts.client_ip, per_minute) {
-            return Err(api::too_many_requests(refusal));
-        }
-    }
-    let user_agent = facts
-        .user_agent
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .unwrap_or("");
-    let agent = snap.agents.parse(user_agent);
-    let location = snap.geo.lookup(facts.client_ip);
-    let data = api::visitor(facts.client_ip, &location, &agent);
-    let admitted = site.config.countries.admits(data.country_code);
-    if same_origin {
-        return Err(if admitted {
-            api::same_origin(facts.method, &data)
-        } else {
-            api::country_refused()
-        });
-    }
-    if !admitted {
-        return Err(sites::refused_page());
-    }
-    let trusted = &snap.config.client_ip.trusted_proxies;
-    let peer = peer_ip(s);
-    Ok(SiteRequest {
-        index,
-        visitor: sites::visitor_headers(&data),
-        forwarded_for: sites::forwarded_for(
-            peer,
-            trusted,
-            s.req_header()
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(HeaderValue::as_bytes),
-        ),
-        peer_trusted: sites::is_trusted(trusted, peer),
-        forwarded_host: host(s).and_then(|h| HeaderValue::from_bytes(h).ok()),
-        upstream: None,
-        attempts: 0,
-    })
-}
-
 /// Bounds how long an idle HTTP/1 connection is kept (Pingora keeps an
 /// HTTP/1.1 connection forever unless told otherwise). A client that asked
 /// to close still gets its connection closed. 0 turns keep-alive off.
@@ -410,29 +359,17 @@ fn keep_alive(s: &mut Session, snap: &Snapshot) {
     }
 }
 
-/// Does the request announce a body? The API takes none.
-fn declares_body(s: &Session) -> bool {
-    let headers = &s.req_header().headers;
-    api::declares_body(
-        headers
-            .get(header::CONTENT_LENGTH)
-            .map(HeaderValue::as_bytes),
-        headers.contains_key(header::TRANSFER_ENCODING),
-    )
-}
-
-/// 413 without reading the body; the connection is not reused, since the
-/// unread body would be taken for the next request.
-fn refuse_body(s: &mut Session) -> Answer {
-    s.set_keepalive(None);
-    api::error(413, "request body not allowed")
-}
-
 /// Writes an answer with the headers every answer carries. Values are
-/// `HeaderValue`s made once (static, or per snapshot for HSTS), and the
+/// `HeaderValue`s made once (static, or at config load for HSTS), and the
 /// header has no case map: its names are the `http` crate's constants,
 /// which Pingora writes in the same case either way.
-async fn respond(s: &mut Session, ctx: &mut RequestCtx, answer: Answer, tls: bool) -> Result<()> {
+async fn respond(
+    s: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: Answer,
+    head: bool,
+    role: ListenerKind,
+) -> Result<()> {
     let mut h = ResponseHeader::build_no_case(answer.status, Some(answer.headers.len() + 6))?;
     h.insert_header(
         header::CONTENT_TYPE,
@@ -443,8 +380,8 @@ async fn respond(s: &mut Session, ctx: &mut RequestCtx, answer: Answer, tls: boo
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     )?;
-    if tls {
-        if let Some(hsts) = &ctx.snap.hsts {
+    if role == ListenerKind::Tls {
+        if let Some(hsts) = ctx.snap.config.tls.as_ref().and_then(|t| t.hsts.as_ref()) {
             h.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
     }
@@ -455,9 +392,15 @@ async fn respond(s: &mut Session, ctx: &mut RequestCtx, answer: Answer, tls: boo
     if answer.status != 204 {
         h.insert_header(header::CONTENT_LENGTH, HeaderValue::from(answer.body.len()))?;
     }
-    ctx.status = answer.status;
-    ctx.project = answer.project;
-    let head = s.req_header().method == http::Method::HEAD;
+    if answer.close {
+        s.set_keepalive(None);
+    }
+    ctx.outcome = Outcome {
+        status: answer.status,
+        project: answer.project,
+        rejection: answer.rejection,
+        limited: answer.limited,
+    };
     let no_body = answer.body.is_empty() || head;
     s.write_response_header(Box::new(h), no_body).await?;
     if !no_body {
@@ -466,73 +409,10 @@ async fn respond(s: &mut Session, ctx: &mut RequestCtx, answer: Answer, tls: boo
     Ok(())
 }
 
-fn read_api_request<'a>(s: &'a Session, snap: &Snapshot) -> ApiRequest<'a> {
-    let req = s.req_header();
-    let headers = &req.headers;
-    ApiRequest {
-        method: Method::from_bytes(req.method.as_str().as_bytes()),
-        query: req.uri.query(),
-        origin: single_header(s, header::ORIGIN),
-        referer: single_header(s, header::REFERER),
-        user_agent: headers.get(header::USER_AGENT).map(HeaderValue::as_bytes),
-        request_headers: headers
-            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-            .map(HeaderValue::as_bytes),
-        client_ip: client_ip_of(s, snap),
-    }
-}
-
-/// A header that must appear at most once: a repeated one reads as an empty
-/// (hence malformed) value instead of picking one of the copies.
-fn single_header(s: &Session, name: header::HeaderName) -> Option<&[u8]> {
-    let mut values = s.req_header().headers.get_all(name).iter();
-    let first = values.next()?;
-    match values.next() {
-        None => Some(first.as_bytes()),
-        Some(_) => Some(b""),
-    }
-}
-
 fn peer_ip(s: &Session) -> IpAddr {
     s.client_addr()
         .and_then(|a| a.as_inet())
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
-}
-
-fn client_ip_of(s: &Session, snap: &Snapshot) -> IpAddr {
-    let trusted = &snap.config.client_ip.trusted_proxies;
-    let peer = peer_ip(s);
-    if trusted.is_empty() {
-        return peer.to_canonical();
-    }
-    let headers = &s.req_header().headers;
-    client_ip::client_ip_from_lines(
-        peer,
-        trusted,
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(HeaderValue::as_bytes),
-        headers
-            .get_all("forwarded")
-            .iter()
-            .map(HeaderValue::as_bytes),
-    )
-}
-
-fn host(s: &Session) -> Option<&[u8]> {
-    let req = s.req_header();
-    req.headers
-        .get(header::HOST)
-        .map(HeaderValue::as_bytes)
-        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-}
-
-fn path_and_query(s: &Session) -> &str {
-    s.req_header()
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
 }
 
 fn reason_phrase(code: u16) -> &'static str {
@@ -540,59 +420,6 @@ fn reason_phrase(code: u16) -> &'static str {
         .ok()
         .and_then(|c| c.canonical_reason())
         .unwrap_or("error")
-}
-
-/// Chooses the certificate for each TLS handshake from the snapshot current
-/// at that moment, by SNI (DESIGN §6: certificates reload live).
-pub struct CertResolver {
-    shared: Shared,
-}
-
-impl CertResolver {
-    pub fn new(shared: Shared) -> CertResolver {
-        CertResolver { shared }
-    }
-}
-
-impl std::fmt::Debug for CertResolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CertResolver")
-    }
-}
-
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.shared.load().certificates.resolve(hello.server_name())
-    }
-}
-
-/// The metrics listener: Prometheus text on `/metrics`, health on `/healthz`.
-pub struct MetricsApp;
-
-#[async_trait]
-impl pingora::apps::http_app::ServeHttp for MetricsApp {
-    async fn response(
-        &self,
-        s: &mut pingora::protocols::http::ServerSession,
-    ) -> http::Response<Vec<u8>> {
-        let (status, content_type, body) = match s.req_header().uri.path() {
-            "/metrics" => (
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                METRICS.render(),
-            ),
-            "/healthz" => (200, "application/json", api::health(true).body.to_vec()),
-            _ => (404, "application/json", api::not_found().body.to_vec()),
-        };
-        let len = body.len();
-        http::Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::CONTENT_LENGTH, len)
-            .header(header::CACHE_CONTROL, "no-store")
-            .body(body)
-            .unwrap_or_else(|_| http::Response::new(Vec::new()))
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::config::Config;
 use crate::metrics::METRICS;
-use crate::snapshot::{FileStamp, Shared, Snapshot};
+use crate::snapshot::{FileStamp, LoadError, Shared, Snapshot};
 
 /// Quiet time after the last event before rebuilding: editors and `cp` write
 /// a file in several steps, and a rename-over arrives as a burst.
@@ -107,15 +107,21 @@ impl Reloader {
 
     fn rebuild(&mut self, trigger: Trigger) {
         let current = self.shared.load_full();
-        let fingerprint = self.fingerprint(&current);
+        // Read once: its file list decides whether anything changed, and
+        // the same value is what the new snapshot is built from.
+        let config = Config::load(&self.config_file);
+        let fingerprint = fingerprint(&current, config.as_ref().ok());
         if trigger == Trigger::Files && self.last_failure.as_ref() == Some(&fingerprint) {
             return;
         }
         let started = Instant::now();
-        match Snapshot::load_after(&self.config_file, current.generation + 1, Some(&current)) {
+        let next = config
+            .map_err(LoadError::from)
+            .and_then(|c| Snapshot::build(c, current.generation + 1, Some(&current)));
+        match next {
             Ok(next) => {
                 note_restart_only_changes(&current.config, &next.config);
-                METRICS.observe_snapshot(&next);
+                next.publish_metrics();
                 let generation = next.generation;
                 self.shared.store(Arc::new(next));
                 METRICS.reloads.with_label_values(&["snapshot", "ok"]).inc();
@@ -147,29 +153,29 @@ impl Reloader {
         }
     }
 
-    /// The identities of the serving snapshot's files and of those the
-    /// configuration on disk names now.
-    fn fingerprint(&self, current: &Snapshot) -> Fingerprint {
-        let mut files = current.source_files();
-        if let Ok(on_disk) = Config::load(&self.config_file) {
-            files.extend(on_disk.source_files());
-        }
-        files.sort();
-        files.dedup();
-        files
-            .into_iter()
-            .map(|f| {
-                let stamp = FileStamp::of(&f);
-                (f, stamp)
-            })
-            .collect()
-    }
-
     /// Points the watcher at the folders of the serving snapshot's files.
     fn follow_files(&mut self) {
         let files = self.shared.load().source_files();
         self.watch.follow(&files);
     }
+}
+
+/// The identities of the serving snapshot's files and of those the
+/// configuration on disk names now.
+fn fingerprint(current: &Snapshot, on_disk: Option<&Config>) -> Fingerprint {
+    let mut files = current.source_files();
+    if let Some(config) = on_disk {
+        files.extend(config.source_files());
+    }
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|f| {
+            let stamp = FileStamp::of(&f);
+            (f, stamp)
+        })
+        .collect()
 }
 
 /// Waits until events stop for `DEBOUNCE` (at most `DEBOUNCE_MAX`); a

@@ -25,12 +25,12 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, ListenerKind};
 use crate::connection::{open_connections, Guarded};
+use crate::health_checks::HealthChecks;
 use crate::limits::Limiter;
-use crate::metrics::METRICS;
-use crate::proxy::{CertResolver, MetricsApp, Visitord};
+use crate::proxy::Visitord;
 use crate::proxy_protocol::{self, Parsed, ProxyHeader};
+use crate::services::{CertResolver, MetricsApp};
 use crate::snapshot::{Shared, Snapshot};
-use crate::upstream::HealthChecks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -82,7 +82,7 @@ pub fn check_listeners(config: &Config) -> Result<(), ServerError> {
 pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     let config = snapshot.config.clone();
     check_listeners(&config)?;
-    METRICS.observe_snapshot(&snapshot);
+    snapshot.publish_metrics();
     let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let mut conf = ServerConf {

@@ -4,24 +4,25 @@
 //!
 //! A request takes the current snapshot once (`Shared::load_full`) and uses it
 //! to the end, so it never sees half of an old state and half of a new one.
-//! `check`, `run`, `lookup` and every reload go through `Snapshot::load`.
+//! `check`, `run`, `lookup` and every reload build it the same way:
+//! `Config::load`, then [`Snapshot::build`].
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
 
 use crate::agent::{AgentError, AgentParser};
 use crate::config::{Config, ConfigError, Projects};
 use crate::geo::{GeoDb, GeoError};
-use crate::metrics::RequestMetrics;
+use crate::metrics::{RequestMetrics, METRICS};
 use crate::origin::AllowedOrigins;
 use crate::sites::Sites;
 use crate::tls::{Certificates, TlsError};
 use crate::upstream::Peers;
+use crate::visitor::Visitor;
 
 /// The holder every request, handshake and reload shares.
 pub type Shared = Arc<ArcSwap<Snapshot>>;
@@ -73,8 +74,6 @@ pub struct Snapshot {
     pub sites: Sites,
     /// One Pingora peer template per upstream of `sites`, same order.
     pub peers: Peers,
-    /// `tls.hsts` ready to send (config checked it is header-safe).
-    pub hsts: Option<HeaderValue>,
     /// Request metric handles for this snapshot's routes and projects.
     pub request_metrics: RequestMetrics,
     /// `Origin`s already allowed, per project of this snapshot.
@@ -83,18 +82,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Loads and validates everything `config_file` names.
+    /// Loads the configuration, then everything it names.
     pub fn load(config_file: &Path, generation: u64) -> Result<Snapshot, LoadError> {
-        Snapshot::load_after(config_file, generation, None)
+        Snapshot::build(Config::load(config_file)?, generation, None)
     }
 
-    /// Like `load`, reusing parts of `previous` whose files did not change.
-    pub fn load_after(
-        config_file: &Path,
+    /// Loads and validates everything `config` names, reusing parts of
+    /// `previous` whose files did not change.
+    pub fn build(
+        config: Config,
         generation: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, LoadError> {
-        let config = Config::load(config_file)?;
         let projects = Projects::load(&config.api.projects).map_err(LoadError::Projects)?;
         let sites = Sites::build(&config.file, &config.sites, previous.map(|p| &p.sites))?;
         let peers = Peers::build(&sites);
@@ -113,13 +112,7 @@ impl Snapshot {
             (None, Some(path)) => Arc::new(AgentParser::from_file(path)?),
             (None, None) => Arc::new(AgentParser::builtin()?),
         };
-        // Build the country table now rather than on the first request.
-        let _ = crate::country::lookup("US");
-        let hsts = config
-            .tls
-            .as_ref()
-            .and_then(|t| t.hsts.as_deref())
-            .and_then(|v| HeaderValue::from_str(v).ok());
+        crate::country::warm_up();
         let request_metrics = RequestMetrics::new(projects.len());
         Ok(Snapshot {
             generation,
@@ -131,7 +124,6 @@ impl Snapshot {
             certificates,
             sites,
             peers,
-            hsts,
             request_metrics,
             allowed_origins: AllowedOrigins::new(),
             loaded_at: SystemTime::now(),
@@ -141,6 +133,34 @@ impl Snapshot {
     /// Every file this snapshot was built from; reload watches their folders.
     pub fn source_files(&self) -> Vec<PathBuf> {
         self.config.source_files()
+    }
+
+    /// What the databases and the user-agent rules say about a client: the
+    /// one lookup the API, the sites and `visitord lookup` share.
+    pub fn visitor(&self, ip: IpAddr, user_agent: &str) -> Visitor<'_> {
+        let ip = ip.to_canonical();
+        Visitor {
+            ip,
+            location: self.geo.lookup(ip),
+            agent: self.agents.parse(user_agent),
+        }
+    }
+
+    /// Publishes the gauges that describe this snapshot, once it serves.
+    pub fn publish_metrics(&self) {
+        let m = &*METRICS;
+        m.snapshot_generation.set(self.generation as i64);
+        m.geo_build.reset();
+        for db in self.geo.databases() {
+            m.geo_build
+                .with_label_values(&[db.name.as_str()])
+                .set(db.build_epoch as i64);
+        }
+        m.cert_expiry.reset();
+        for cert in self.certificates.iter() {
+            let name = cert.names.first().map_or("", String::as_str);
+            m.cert_expiry.with_label_values(&[name]).set(cert.not_after);
+        }
     }
 }
 

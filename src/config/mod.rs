@@ -1,285 +1,30 @@
-//! Configuration: the TOML surface (`Raw*`, serde) and the typed, validated
-//! `Config` / `Projects` the rest of the program runs on (DESIGN §4).
+//! Configuration (DESIGN §4): the typed, validated `Config` the rest of the
+//! program runs on, made from the TOML surface in `raw`. `projects.toml` is
+//! `projects`, `[[site]]` tables are `site`.
 //!
 //! Parse, don't validate: whatever `Config::load` returns is what runs. Every
 //! error names the file, the key and the reason, e.g.
 //! `projects.toml: project[2].domains[0]: "*.": empty domain after wildcard`.
+//! Nothing here opens the files a configuration names; the snapshot does.
 
-use std::collections::HashMap;
-use std::fmt;
+mod api_path;
+mod projects;
+mod raw;
+mod site;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::IpNet;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use http::HeaderValue;
 
-use crate::origin::DomainPattern;
-use crate::sites::{RawSite, SiteConfig};
+pub use api_path::ApiPath;
+pub use projects::{is_valid_project_id, Project, ProjectId, Projects, MAX_PROJECT_ID_LEN};
+pub use raw::{ConfigError, UnknownCountry};
+pub use site::{CountryRule, SiteConfig, Timeouts, UpstreamAddr};
 
-/// Longest accepted project id (DESIGN §4: `[A-Za-z0-9_-]{1,64}`).
-pub const MAX_PROJECT_ID_LEN: usize = 64;
-
-/// A configuration file that could not be loaded: which file, which key, why.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: {key}: {reason}")]
-    Invalid {
-        file: PathBuf,
-        key: String,
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    pub(crate) fn invalid(file: &Path, key: impl Into<String>, reason: impl fmt::Display) -> Self {
-        ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key: key.into(),
-            reason: reason.to_string(),
-        }
-    }
-
-    /// The file the error is about.
-    pub fn file(&self) -> &Path {
-        match self {
-            ConfigError::Read { file, .. } | ConfigError::Invalid { file, .. } => file,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The TOML surface.
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    listen: Vec<RawListen>,
-    #[serde(default)]
-    tls: Option<RawTls>,
-    #[serde(default)]
-    api: RawApi,
-    geo: RawGeo,
-    #[serde(default)]
-    client_ip: RawClientIp,
-    #[serde(default)]
-    metrics: RawMetrics,
-    #[serde(default)]
-    user_agent: RawUserAgent,
-    #[serde(default)]
-    limits: RawLimits,
-    #[serde(default)]
-    site: Vec<RawSite>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    #[serde(default = "default_requests_per_minute_per_ip")]
-    requests_per_minute_per_ip: u32,
-    #[serde(default = "default_max_connections_per_ip")]
-    max_connections_per_ip: u32,
-    #[serde(default = "default_request_header_timeout", with = "humantime_serde")]
-    request_header_timeout: Duration,
-    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
-    keepalive_timeout: Duration,
-    #[serde(default = "default_keepalive_requests")]
-    keepalive_requests: u32,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        RawLimits {
-            requests_per_minute_per_ip: default_requests_per_minute_per_ip(),
-            max_connections_per_ip: default_max_connections_per_ip(),
-            request_header_timeout: default_request_header_timeout(),
-            keepalive_timeout: default_keepalive_timeout(),
-            keepalive_requests: default_keepalive_requests(),
-        }
-    }
-}
-
-/// A page view calls the API once; ten a second from one address leaves
-/// room for offices and carrier NAT.
-fn default_requests_per_minute_per_ip() -> u32 {
-    600
-}
-
-/// Browsers open at most six connections per host; this leaves room for
-/// many browsers behind one NAT address.
-fn default_max_connections_per_ip() -> u32 {
-    128
-}
-
-fn default_request_header_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_keepalive_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_keepalive_requests() -> u32 {
-    1000
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    #[serde(default = "default_threads")]
-    threads: usize,
-    #[serde(default = "default_grace_period", with = "humantime_serde")]
-    grace_period: Duration,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        RawServer {
-            threads: default_threads(),
-            grace_period: default_grace_period(),
-        }
-    }
-}
-
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
-fn default_grace_period() -> Duration {
-    Duration::from_secs(10)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListen {
-    addr: SocketAddr,
-    #[serde(default)]
-    tls: bool,
-    #[serde(default)]
-    redirect_https_port: Option<u16>,
-    #[serde(default)]
-    proxy_protocol: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    certificates: Vec<RawCertificate>,
-    #[serde(default = "default_hsts")]
-    hsts: String,
-}
-
-fn default_hsts() -> String {
-    "max-age=63072000".to_owned()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCertificate {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApi {
-    #[serde(default = "default_api_path")]
-    path: String,
-    #[serde(default = "default_projects")]
-    projects: PathBuf,
-}
-
-impl Default for RawApi {
-    fn default() -> Self {
-        RawApi {
-            path: default_api_path(),
-            projects: default_projects(),
-        }
-    }
-}
-
-fn default_api_path() -> String {
-    "/api/".to_owned()
-}
-
-fn default_projects() -> PathBuf {
-    PathBuf::from("projects.toml")
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGeo {
-    databases: Vec<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClientIp {
-    #[serde(default)]
-    trusted_proxies: Vec<IpNet>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    #[serde(default = "default_true")]
-    enabled: bool,
-    #[serde(default = "default_metrics_addr")]
-    addr: SocketAddr,
-}
-
-impl Default for RawMetrics {
-    fn default() -> Self {
-        RawMetrics {
-            enabled: true,
-            addr: default_metrics_addr(),
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9180))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUserAgent {
-    #[serde(default)]
-    regexes: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProjects {
-    #[serde(default)]
-    project: Vec<RawProject>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProject {
-    id: String,
-    domains: Vec<String>,
-    #[serde(default)]
-    requests_per_minute: u32,
-}
-
-// ---------------------------------------------------------------------------
-// The typed configuration.
+use crate::client_ip::TrustedProxies;
+use raw::{parse_toml, read, RawConfig, RawLimits, RawListen, RawTls};
 
 /// `visitord.toml`, validated, with every path resolved from the file's folder.
 #[derive(Debug, Clone, PartialEq)]
@@ -292,7 +37,7 @@ pub struct Config {
     pub tls: Option<Tls>,
     pub api: Api,
     pub geo: Geo,
-    pub client_ip: ClientIp,
+    pub client_ip: ClientIpConfig,
     pub metrics: Option<Metrics>,
     pub user_agent: UserAgent,
     pub limits: Limits,
@@ -345,7 +90,7 @@ pub struct Tls {
     pub certificates: Vec<CertificateFiles>,
     /// The `Strict-Transport-Security` value sent on TLS answers; `None` when
     /// configured as `""`.
-    pub hsts: Option<String>,
+    pub hsts: Option<HeaderValue>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,9 +101,7 @@ pub struct CertificateFiles {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Api {
-    /// Always starts and ends with `/`; requests for this path, or the path
-    /// without its trailing slash, are API requests.
-    pub path: String,
+    pub path: ApiPath,
     pub projects: PathBuf,
 }
 
@@ -368,8 +111,8 @@ pub struct Geo {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ClientIp {
-    pub trusted_proxies: Vec<IpNet>,
+pub struct ClientIpConfig {
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,85 +125,6 @@ pub struct UserAgent {
     /// A uap-core `regexes.yaml`; `None` uses the copy built into the binary.
     pub regexes: Option<PathBuf>,
 }
-
-/// A project id: `[A-Za-z0-9_-]{1,64}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProjectId(String);
-
-impl ProjectId {
-    /// Accepts exactly the ids DESIGN §4 allows.
-    pub fn parse(s: &str) -> Option<ProjectId> {
-        is_valid_project_id(s).then(|| ProjectId(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ProjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// `[A-Za-z0-9_-]{1,64}`, checked without allocating (used per request).
-pub fn is_valid_project_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_PROJECT_ID_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// One project of `projects.toml`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Project {
-    pub id: ProjectId,
-    pub domains: Vec<DomainPattern>,
-    /// Requests per minute for the whole project; 0: no limit.
-    pub requests_per_minute: u32,
-}
-
-/// `projects.toml`, validated: ids unique, domains parsed.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Projects {
-    /// File order, for listings and metrics.
-    list: Vec<Project>,
-    by_id: HashMap<String, usize>,
-}
-
-impl Projects {
-    pub fn get(&self, id: &str) -> Option<&Project> {
-        self.find(id).map(|(_, p)| p)
-    }
-
-    /// The project and its index in file order (see [`Projects::at`]).
-    pub fn find(&self, id: &str) -> Option<(usize, &Project)> {
-        self.by_id
-            .get(id)
-            .and_then(|&i| Some((i, self.list.get(i)?)))
-    }
-
-    /// The project at `index` in file order.
-    pub fn at(&self, index: usize) -> Option<&Project> {
-        self.list.get(index)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Project> {
-        self.list.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Loading.
 
 impl Config {
     /// Reads and validates `visitord.toml`. Referenced files (projects,
@@ -505,7 +169,8 @@ impl Config {
             };
 
         let api = Api {
-            path: api_path_at(file, "api.path", &raw.api.path)?,
+            path: ApiPath::parse(&raw.api.path)
+                .map_err(|reason| ConfigError::invalid(file, "api.path", reason))?,
             projects: resolve(&raw.api.projects),
         };
 
@@ -520,7 +185,7 @@ impl Config {
             databases: raw.geo.databases.iter().map(|p| resolve(p)).collect(),
         };
 
-        let sites = crate::sites::parse_sites(file, raw.site, &resolve)?;
+        let sites = site::parse_sites(file, raw.site, &resolve)?;
 
         let metrics = raw.metrics.enabled.then_some(Metrics {
             addr: raw.metrics.addr,
@@ -545,8 +210,8 @@ impl Config {
             tls,
             api,
             geo,
-            client_ip: ClientIp {
-                trusted_proxies: raw.client_ip.trusted_proxies,
+            client_ip: ClientIpConfig {
+                trusted_proxies: TrustedProxies::new(raw.client_ip.trusted_proxies),
             },
             metrics,
             user_agent: UserAgent {
@@ -573,99 +238,6 @@ impl Config {
         files.extend(self.sites.iter().filter_map(|s| s.upstream_ca.clone()));
         files
     }
-}
-
-impl Projects {
-    /// Reads and validates `projects.toml`.
-    pub fn load(file: &Path) -> Result<Projects, ConfigError> {
-        let text = read(file)?;
-        Projects::parse(file, &text)
-    }
-
-    pub fn parse(file: &Path, text: &str) -> Result<Projects, ConfigError> {
-        let raw: RawProjects = parse_toml(file, text)?;
-        let mut list = Vec::with_capacity(raw.project.len());
-        let mut by_id = HashMap::with_capacity(raw.project.len());
-        for (i, p) in raw.project.into_iter().enumerate() {
-            let id = ProjectId::parse(&p.id).ok_or_else(|| {
-                ConfigError::invalid(
-                    file,
-                    format!("project[{i}].id"),
-                    format!("{:?}: must match [A-Za-z0-9_-]{{1,64}}", p.id),
-                )
-            })?;
-            if by_id.insert(p.id.clone(), i).is_some() {
-                return Err(ConfigError::invalid(
-                    file,
-                    format!("project[{i}].id"),
-                    format!("{:?}: duplicate project id", p.id),
-                ));
-            }
-            if p.domains.is_empty() {
-                return Err(ConfigError::invalid(
-                    file,
-                    format!("project[{i}].domains"),
-                    "must list at least one domain",
-                ));
-            }
-            let domains = p
-                .domains
-                .iter()
-                .enumerate()
-                .map(|(j, d)| {
-                    DomainPattern::parse(d).map_err(|e| {
-                        ConfigError::invalid(file, format!("project[{i}].domains[{j}]"), e)
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            list.push(Project {
-                id,
-                domains,
-                requests_per_minute: p.requests_per_minute,
-            });
-        }
-        Ok(Projects { list, by_id })
-    }
-}
-
-fn read(file: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-        file: file.to_path_buf(),
-        source,
-    })
-}
-
-/// Deserializes TOML, reporting the dotted key path of the first error and,
-/// for syntax errors, the line and column.
-fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
-    let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(file, text, &e))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let key = if path == "." {
-            "(top level)".to_owned()
-        } else {
-            path
-        };
-        ConfigError::invalid(file, key, inner.message())
-    })
-}
-
-fn syntax_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    // Byte offsets come from the parser; `get` keeps a bad one from panicking.
-    let position = e
-        .span()
-        .and_then(|span| text.get(..span.start))
-        .map(|before| {
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}")
-        });
-    ConfigError::invalid(
-        file,
-        position.unwrap_or_else(|| "(syntax)".to_owned()),
-        e.message(),
-    )
 }
 
 fn listeners(file: &Path, raw: &[RawListen]) -> Result<Vec<Listener>, ConfigError> {
@@ -741,13 +313,13 @@ fn tls_settings(
         ));
     }
     let hsts = raw.hsts.trim();
-    if !hsts.is_empty() && !is_header_safe(hsts) {
-        return Err(ConfigError::invalid(
-            file,
-            "tls.hsts",
-            "not a valid header value",
-        ));
-    }
+    let hsts = match hsts {
+        "" => None,
+        value => Some(
+            HeaderValue::from_str(value)
+                .map_err(|_| ConfigError::invalid(file, "tls.hsts", "not a valid header value"))?,
+        ),
+    };
     Ok(Tls {
         certificates: raw
             .certificates
@@ -757,12 +329,10 @@ fn tls_settings(
                 key: resolve(&c.key),
             })
             .collect(),
-        hsts: (!hsts.is_empty()).then(|| hsts.to_owned()),
+        hsts,
     })
 }
 
-/// An API mount path (`api.path`, `site[i].api_path`): absolute, of
-/// `[A-Za-z0-9/-_.~]`, not `/`; a trailing `/` is added.
 fn limits(file: &Path, raw: &RawLimits) -> Result<Limits, ConfigError> {
     let hour = Duration::from_secs(3600);
     for (key, value) in [
@@ -782,36 +352,29 @@ fn limits(file: &Path, raw: &RawLimits) -> Result<Limits, ConfigError> {
     })
 }
 
-pub(crate) fn api_path_at(file: &Path, key: &str, path: &str) -> Result<String, ConfigError> {
-    let valid_chars = path
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
-    if !path.starts_with('/') || !valid_chars || path.contains("//") || path.len() > 256 {
-        return Err(ConfigError::invalid(
-            file,
-            key,
-            format!("{path:?}: must be an absolute path of [A-Za-z0-9/-_.~]"),
-        ));
+/// The `[[site]]`s of a minimal configuration with these tables (the
+/// text of each, without its `[[site]]` line), as other modules' tests
+/// build them. Paths resolve from `/etc/visitord`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
+pub(crate) fn test_sites(tables: &[&str]) -> Vec<SiteConfig> {
+    let mut text = String::from(
+        "[[listen]]\naddr = \"127.0.0.1:8443\"\ntls = true\n\
+         [tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n\
+         [geo]\ndatabases = [\"x.mmdb\"]\n",
+    );
+    for table in tables {
+        text.push_str("[[site]]\n");
+        text.push_str(table);
+        text.push('\n');
     }
-    if path == "/" {
-        return Err(ConfigError::invalid(
-            file,
-            key,
-            "\"/\" would shadow /healthz and every site",
-        ));
-    }
-    let mut p = path.to_owned();
-    if !p.ends_with('/') {
-        p.push('/');
-    }
-    Ok(p)
-}
-
-fn is_header_safe(s: &str) -> bool {
-    s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    Config::parse(Path::new("/etc/visitord/visitord.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .sites
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
 mod tests {
     use super::*;
 
@@ -870,13 +433,13 @@ addr = "127.0.0.1:9180"
             tls.certificates[0].cert,
             PathBuf::from("/etc/visitord/tls/a.crt")
         );
-        assert_eq!(tls.hsts.as_deref(), Some("max-age=63072000"));
+        assert_eq!(tls.hsts, Some(HeaderValue::from_static("max-age=63072000")));
         assert_eq!(c.api.projects, PathBuf::from("/etc/visitord/projects.toml"));
         assert_eq!(
             c.geo.databases,
             vec![PathBuf::from("/etc/visitord/../geo-db/x.mmdb")]
         );
-        assert_eq!(c.client_ip.trusted_proxies.len(), 2);
+        assert_eq!(c.client_ip.trusted_proxies.nets().len(), 2);
         assert_eq!(c.metrics.unwrap().addr.port(), 9180);
         assert_eq!(c.user_agent.regexes, None);
     }
@@ -996,7 +559,7 @@ addr = "127.0.0.1:9180"
     #[test]
     fn api_path_gets_trailing_slash_and_is_checked() {
         let c = parse(&GOOD.replace("path = \"/api/\"", "path = \"/v1/visitor\"")).unwrap();
-        assert_eq!(c.api.path, "/v1/visitor/");
+        assert_eq!(c.api.path.as_str(), "/v1/visitor/");
         let e = error(&GOOD.replace("path = \"/api/\"", "path = \"api\""));
         assert!(e.contains("api.path"), "{e}");
         let e = error(&GOOD.replace("path = \"/api/\"", "path = \"/\""));
@@ -1067,79 +630,6 @@ addr = "127.0.0.1:9180"
         assert_eq!(c.metrics, None);
     }
 
-    fn projects(text: &str) -> Result<Projects, ConfigError> {
-        Projects::parse(Path::new("projects.toml"), text)
-    }
-
-    #[test]
-    fn projects_parse() {
-        let p = projects(
-            r#"
-[[project]]
-id = "demo"
-domains = ["localhost", "example.com", "*.example.com"]
-[[project]]
-id = "shop_2-x"
-domains = ["shop.example.org"]
-"#,
-        )
-        .unwrap();
-        assert_eq!(p.len(), 2);
-        assert_eq!(p.get("demo").unwrap().domains.len(), 3);
-        assert!(p.get("shop_2-x").is_some());
-        assert!(p.get("Demo").is_none());
-    }
-
-    #[test]
-    fn bad_project_id_is_refused() {
-        for id in ["", "a b", "a/b", "é", &"x".repeat(65)] {
-            let e = projects(&format!(
-                "[[project]]\nid = {id:?}\ndomains = [\"a.com\"]\n"
-            ))
-            .unwrap_err()
-            .to_string();
-            assert!(e.starts_with("projects.toml: project[0].id:"), "{e}");
-        }
-    }
-
-    #[test]
-    fn duplicate_project_is_refused() {
-        let e = projects(
-            "[[project]]\nid = \"a\"\ndomains = [\"a.com\"]\n[[project]]\nid = \"a\"\ndomains = [\"b.com\"]\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("project[1].id: \"a\": duplicate"), "{e}");
-    }
-
-    #[test]
-    fn bad_domain_names_index() {
-        let e = projects("[[project]]\nid = \"a\"\ndomains = [\"a.com\", \"*.\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("projects.toml: project[0].domains[1]:"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn project_without_domains_is_refused() {
-        let e = projects("[[project]]\nid = \"a\"\ndomains = []\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("project[0].domains: must list"), "{e}");
-    }
-
-    #[test]
-    fn unknown_project_key_is_refused() {
-        let e = projects("[[project]]\nid = \"a\"\ndomains = [\"a.com\"]\nsecret = 1\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("project[0]"), "{e}");
-        assert!(e.contains("unknown field `secret`"), "{e}");
-    }
-
     #[test]
     fn missing_file_is_named() {
         let e = Config::load(Path::new("/nonexistent/visitord.toml"))
@@ -1149,16 +639,5 @@ domains = ["shop.example.org"]
             e.starts_with("/nonexistent/visitord.toml: cannot read"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn project_id_rule() {
-        assert!(is_valid_project_id("demo"));
-        assert!(is_valid_project_id("A-b_9"));
-        assert!(is_valid_project_id(&"x".repeat(64)));
-        assert!(!is_valid_project_id(&"x".repeat(65)));
-        assert!(!is_valid_project_id(""));
-        assert!(!is_valid_project_id("a.b"));
-        assert!(!is_valid_project_id("a%20"));
     }
 }

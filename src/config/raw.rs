@@ -1,0 +1,361 @@
+//! The TOML surface of the configuration files: what serde reads
+//! (`Raw*`, with the defaults of every key), and reading a file into it
+//! with errors that name the file, the key and the reason (DESIGN §4).
+//! Nothing here is used at run time; `config` turns these into the typed
+//! values the rest of the program runs on.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// A configuration file that could not be loaded: which file, which key, why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {key}: {reason}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    pub fn invalid(file: &Path, key: impl Into<String>, reason: impl fmt::Display) -> Self {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            ConfigError::Read { file, .. } | ConfigError::Invalid { file, .. } => file,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) listen: Vec<RawListen>,
+    #[serde(default)]
+    pub(super) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(super) api: RawApi,
+    pub(super) geo: RawGeo,
+    #[serde(default)]
+    pub(super) client_ip: RawClientIp,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
+    #[serde(default)]
+    pub(super) user_agent: RawUserAgent,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
+    pub(super) site: Vec<RawSite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    #[serde(default = "default_requests_per_minute_per_ip")]
+    pub(super) requests_per_minute_per_ip: u32,
+    #[serde(default = "default_max_connections_per_ip")]
+    pub(super) max_connections_per_ip: u32,
+    #[serde(default = "default_request_header_timeout", with = "humantime_serde")]
+    pub(super) request_header_timeout: Duration,
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub(super) keepalive_timeout: Duration,
+    #[serde(default = "default_keepalive_requests")]
+    pub(super) keepalive_requests: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            requests_per_minute_per_ip: default_requests_per_minute_per_ip(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            request_header_timeout: default_request_header_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+            keepalive_requests: default_keepalive_requests(),
+        }
+    }
+}
+
+/// A page view calls the API once; ten a second from one address leaves
+/// room for offices and carrier NAT.
+fn default_requests_per_minute_per_ip() -> u32 {
+    600
+}
+
+/// Browsers open at most six connections per host; this leaves room for
+/// many browsers behind one NAT address.
+fn default_max_connections_per_ip() -> u32 {
+    128
+}
+
+fn default_request_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_keepalive_requests() -> u32 {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    #[serde(default = "default_threads")]
+    pub(super) threads: usize,
+    #[serde(default = "default_grace_period", with = "humantime_serde")]
+    pub(super) grace_period: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            threads: default_threads(),
+            grace_period: default_grace_period(),
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn default_grace_period() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    pub(super) addr: SocketAddr,
+    #[serde(default)]
+    pub(super) tls: bool,
+    #[serde(default)]
+    pub(super) redirect_https_port: Option<u16>,
+    #[serde(default)]
+    pub(super) proxy_protocol: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) certificates: Vec<RawCertificate>,
+    #[serde(default = "default_hsts")]
+    pub(super) hsts: String,
+}
+
+fn default_hsts() -> String {
+    "max-age=63072000".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApi {
+    #[serde(default = "default_api_path")]
+    pub(super) path: String,
+    #[serde(default = "default_projects")]
+    pub(super) projects: PathBuf,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            path: default_api_path(),
+            projects: default_projects(),
+        }
+    }
+}
+
+fn default_api_path() -> String {
+    "/api/".to_owned()
+}
+
+fn default_projects() -> PathBuf {
+    PathBuf::from("projects.toml")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGeo {
+    pub(super) databases: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientIp {
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    #[serde(default = "default_true")]
+    pub(super) enabled: bool,
+    #[serde(default = "default_metrics_addr")]
+    pub(super) addr: SocketAddr,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            enabled: true,
+            addr: default_metrics_addr(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9180))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUserAgent {
+    #[serde(default)]
+    pub(super) regexes: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProjects {
+    #[serde(default)]
+    pub(super) project: Vec<RawProject>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProject {
+    pub(super) id: String,
+    pub(super) domains: Vec<String>,
+    #[serde(default)]
+    pub(super) requests_per_minute: u32,
+}
+
+/// One `[[site]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSite {
+    pub(super) hosts: Vec<String>,
+    pub(super) upstreams: Vec<String>,
+    #[serde(default)]
+    pub(super) upstream_tls: bool,
+    #[serde(default)]
+    pub(super) upstream_sni: Option<String>,
+    #[serde(default)]
+    pub(super) upstream_ca: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub(super) connect_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub(super) read_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub(super) write_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "humantime_serde")]
+    pub(super) idle_timeout: Duration,
+    #[serde(default = "default_health_check_interval", with = "humantime_serde")]
+    pub(super) health_check_interval: Duration,
+    #[serde(default)]
+    pub(super) api_path: Option<String>,
+    #[serde(default)]
+    pub(super) allow_countries: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) deny_countries: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) unknown_country: UnknownCountry,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_io_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_health_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What to do with a visitor whose country the databases do not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownCountry {
+    #[default]
+    Allow,
+    Deny,
+}
+
+pub(super) fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })
+}
+
+/// Deserializes TOML, reporting the dotted key path of the first error and,
+/// for syntax errors, the line and column.
+pub(super) fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(file, text, &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let key = if path == "." {
+            "(top level)".to_owned()
+        } else {
+            path
+        };
+        ConfigError::invalid(file, key, inner.message())
+    })
+}
+
+fn syntax_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    // Byte offsets come from the parser; `get` keeps a bad one from panicking.
+    let position = e
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        });
+    ConfigError::invalid(
+        file,
+        position.unwrap_or_else(|| "(syntax)".to_owned()),
+        e.message(),
+    )
+}

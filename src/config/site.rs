@@ -1,0 +1,537 @@
+//! `[[site]]` tables (DESIGN §4): the sites visitord stands in front of,
+//! validated. Names are not resolved and files not read here; the runtime
+//! table (`sites::Sites`) is built from these when a snapshot is.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::api_path::ApiPath;
+use super::raw::{ConfigError, RawSite, UnknownCountry};
+use crate::country;
+use crate::host::{self, HostError, HostKind, Unicode};
+use crate::origin::DomainPattern;
+
+/// Longest timeout accepted; anything longer is a typo or a unit mix-up.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Health checks more often than this only load the upstream.
+const MIN_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `allow_countries` / `deny_countries` / `unknown_country` of a site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountryRule {
+    list: CountryList,
+    unknown: UnknownCountry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CountryList {
+    Everyone,
+    /// Sorted ISO 3166-1 alpha-2 codes, upper case.
+    Allow(Vec<&'static str>),
+    Deny(Vec<&'static str>),
+}
+
+impl CountryRule {
+    /// Admits everyone whose country is known, and unknown ones as `unknown` says.
+    pub fn everyone(unknown: UnknownCountry) -> CountryRule {
+        CountryRule {
+            list: CountryList::Everyone,
+            unknown,
+        }
+    }
+
+    /// Whether a visitor from `country` (upper-case alpha-2 as
+    /// `country::lookup` spells it, `""` when unknown) may enter.
+    pub fn admits(&self, country: &str) -> bool {
+        if country.is_empty() {
+            return self.unknown == UnknownCountry::Allow;
+        }
+        match &self.list {
+            CountryList::Everyone => true,
+            CountryList::Allow(codes) => codes.binary_search(&country).is_ok(),
+            CountryList::Deny(codes) => codes.binary_search(&country).is_err(),
+        }
+    }
+}
+
+/// An upstream as configured: `name:port`, `1.2.3.4:port` or `[v6]:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    /// A lower-case DNS name, or an IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl UpstreamAddr {
+    pub fn parse(s: &str) -> Result<UpstreamAddr, &'static str> {
+        const BRACKETS: &str = "an IPv6 address needs [brackets] and a port";
+        if s.contains("://") || s.contains(['/', '?', '#', '@']) {
+            return Err("must be host:port, without scheme or path");
+        }
+        if !s.starts_with('[') && s.matches(':').count() > 1 {
+            return Err(BRACKETS);
+        }
+        let (name, port) = host::split_port(s).map_err(|_| BRACKETS)?;
+        let port = match port {
+            Some(p) => host::parse_port(p).map_err(|_| "port must be 1-65535")?,
+            None if s.starts_with('[') => return Err(BRACKETS),
+            None => return Err("missing :port"),
+        };
+        let name = host::normalize(name, Unicode::Refuse).map_err(|e| match e {
+            HostError::InvalidIpv6 => "invalid IPv6 address",
+            _ => "invalid host name",
+        })?;
+        let host = match name.kind {
+            HostKind::Ipv6 => name
+                .as_str()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            HostKind::Domain | HostKind::Ipv4 => name.text.into_owned(),
+        };
+        Ok(UpstreamAddr { host, port })
+    }
+
+    /// The address when the host is an IP literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// Upstream timeouts. Pingora's own defaults are "none"; each is set on
+/// every peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake.
+    pub connect: Duration,
+    /// Longest wait for the next bytes from the upstream (the response head,
+    /// each body chunk, each WebSocket message).
+    pub read: Duration,
+    /// Longest wait for one write to the upstream to complete.
+    pub write: Duration,
+    /// How long an unused upstream connection stays in the pool.
+    pub idle: Duration,
+}
+
+/// One `[[site]]`, validated; names are not resolved yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteConfig {
+    pub hosts: Vec<DomainPattern>,
+    pub upstreams: Vec<UpstreamAddr>,
+    pub upstream_tls: bool,
+    /// Set explicitly; otherwise each upstream's host name is its SNI.
+    pub upstream_sni: Option<String>,
+    /// Resolved from the config file's folder.
+    pub upstream_ca: Option<PathBuf>,
+    pub timeouts: Timeouts,
+    pub health_check_interval: Duration,
+    /// Same-origin API mount.
+    pub api_path: Option<ApiPath>,
+    pub countries: CountryRule,
+}
+
+impl SiteConfig {
+    /// The first host as written: names the site in logs.
+    pub fn label(&self) -> String {
+        self.hosts
+            .first()
+            .map_or_else(String::new, ToString::to_string)
+    }
+}
+
+/// Validates every `[[site]]`: each on its own, then that no host is
+/// claimed twice.
+pub fn parse_sites(
+    file: &Path,
+    raw: Vec<RawSite>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Vec<SiteConfig>, ConfigError> {
+    let mut claimed: HashMap<DomainPattern, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let site = parse_site(file, i, r, resolve)?;
+        for (j, host) in site.hosts.iter().enumerate() {
+            if let Some(k) = claimed.insert(host.clone(), i) {
+                let by = if k == i {
+                    "listed twice".to_owned()
+                } else {
+                    format!("already claimed by site[{k}]")
+                };
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("site[{i}].hosts[{j}]"),
+                    format!("{:?}: {by}", host.to_string()),
+                ));
+            }
+        }
+        out.push(site);
+    }
+    Ok(out)
+}
+
+fn parse_site(
+    file: &Path,
+    i: usize,
+    raw: RawSite,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<SiteConfig, ConfigError> {
+    let invalid =
+        |key: &str, reason: String| ConfigError::invalid(file, format!("site[{i}].{key}"), reason);
+
+    if raw.hosts.is_empty() {
+        return Err(invalid("hosts", "must list at least one host".into()));
+    }
+    let hosts = raw
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, h)| {
+            DomainPattern::parse(h).map_err(|e| invalid(&format!("hosts[{j}]"), e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if raw.upstreams.is_empty() {
+        return Err(invalid(
+            "upstreams",
+            "must list at least one host:port".into(),
+        ));
+    }
+    let upstreams = raw
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(j, u)| {
+            UpstreamAddr::parse(u)
+                .map_err(|e| invalid(&format!("upstreams[{j}]"), format!("{u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if let Some(sni) = &raw.upstream_sni {
+        if !raw.upstream_tls {
+            return Err(invalid(
+                "upstream_sni",
+                "only meaningful with upstream_tls = true".into(),
+            ));
+        }
+        // rustls (through Pingora) turns certificate verification off for
+        // an empty SNI; never let configuration produce one.
+        if sni.is_empty() {
+            return Err(invalid(
+                "upstream_sni",
+                "must not be empty (an empty SNI would turn certificate verification off)".into(),
+            ));
+        }
+        if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+            return Err(invalid(
+                "upstream_sni",
+                format!("{sni:?}: not a DNS name or IP address"),
+            ));
+        }
+    }
+    if raw.upstream_ca.is_some() && !raw.upstream_tls {
+        return Err(invalid(
+            "upstream_ca",
+            "only meaningful with upstream_tls = true".into(),
+        ));
+    }
+    if raw.upstream_tls && raw.upstream_sni.is_none() {
+        if let Some(j) = upstreams.iter().position(|u| u.ip().is_some()) {
+            return Err(invalid(
+                &format!("upstreams[{j}]"),
+                format!(
+                    "{:?}: an IP address with upstream_tls = true needs upstream_sni, the name its certificate is checked against",
+                    raw.upstreams[j]
+                ),
+            ));
+        }
+    }
+
+    let timeouts = Timeouts {
+        connect: timeout(&invalid, "connect_timeout", raw.connect_timeout)?,
+        read: timeout(&invalid, "read_timeout", raw.read_timeout)?,
+        write: timeout(&invalid, "write_timeout", raw.write_timeout)?,
+        idle: timeout(&invalid, "idle_timeout", raw.idle_timeout)?,
+    };
+    if !(MIN_HEALTH_CHECK_INTERVAL..=MAX_HEALTH_CHECK_INTERVAL).contains(&raw.health_check_interval)
+    {
+        return Err(invalid(
+            "health_check_interval",
+            "must be between 1s and 1h".into(),
+        ));
+    }
+
+    let api_path = match &raw.api_path {
+        Some(p) => Some(ApiPath::parse(p).map_err(|reason| invalid("api_path", reason))?),
+        None => None,
+    };
+
+    let list = match (raw.allow_countries, raw.deny_countries) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "deny_countries",
+                "allow_countries and deny_countries cannot both be set".into(),
+            ))
+        }
+        (Some(codes), None) => {
+            CountryList::Allow(country_codes(&invalid, "allow_countries", &codes)?)
+        }
+        (None, Some(codes)) => {
+            CountryList::Deny(country_codes(&invalid, "deny_countries", &codes)?)
+        }
+        (None, None) => CountryList::Everyone,
+    };
+
+    Ok(SiteConfig {
+        hosts,
+        upstreams,
+        upstream_tls: raw.upstream_tls,
+        upstream_sni: raw.upstream_sni,
+        upstream_ca: raw.upstream_ca.as_deref().map(resolve),
+        timeouts,
+        health_check_interval: raw.health_check_interval,
+        api_path,
+        countries: CountryRule {
+            list,
+            unknown: raw.unknown_country,
+        },
+    })
+}
+
+fn timeout(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    key: &str,
+    d: Duration,
+) -> Result<Duration, ConfigError> {
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(invalid(key, "must be more than 0s and at most 24h".into()));
+    }
+    Ok(d)
+}
+
+fn country_codes(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    key: &str,
+    codes: &[String],
+) -> Result<Vec<&'static str>, ConfigError> {
+    if codes.is_empty() {
+        return Err(invalid(key, "must list at least one country code".into()));
+    }
+    let mut out = codes
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            country::lookup(c).map(|f| f.code).ok_or_else(|| {
+                invalid(
+                    &format!("{key}[{k}]"),
+                    format!("{c:?}: not an ISO 3166-1 alpha-2 country code"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/visitord/visitord.toml";
+
+    fn raw(text: &str) -> RawSite {
+        toml::from_str(text).unwrap()
+    }
+
+    fn parse_one(text: &str) -> Result<SiteConfig, ConfigError> {
+        parse_sites(Path::new(FILE), vec![raw(text)], &|p| {
+            Path::new("/etc/visitord").join(p)
+        })
+        .map(|mut v| v.remove(0))
+    }
+
+    fn error(text: &str) -> String {
+        parse_one(text).unwrap_err().to_string()
+    }
+
+    const MINIMAL: &str = "hosts = [\"www.example.com\"]\nupstreams = [\"127.0.0.1:8080\"]\n";
+
+    #[test]
+    fn defaults() {
+        let s = parse_one(MINIMAL).unwrap();
+        assert_eq!(
+            s.hosts,
+            vec![DomainPattern::Exact("www.example.com".into())]
+        );
+        assert_eq!(
+            s.upstreams,
+            vec![UpstreamAddr {
+                host: "127.0.0.1".into(),
+                port: 8080
+            }]
+        );
+        assert!(!s.upstream_tls);
+        assert_eq!(s.upstream_sni, None);
+        assert_eq!(s.upstream_ca, None);
+        assert_eq!(
+            s.timeouts,
+            Timeouts {
+                connect: Duration::from_secs(5),
+                read: Duration::from_secs(60),
+                write: Duration::from_secs(60),
+                idle: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(s.health_check_interval, Duration::from_secs(5));
+        assert_eq!(s.api_path, None);
+        assert_eq!(s.countries, CountryRule::everyone(UnknownCountry::Allow));
+        assert_eq!(s.label(), "www.example.com");
+    }
+
+    #[test]
+    fn every_key() {
+        let s = parse_one(
+            r#"
+hosts = ["Shop.Example.com.", "*.shop.example.com"]
+upstreams = ["App.Internal:8443", "[::1]:9443"]
+upstream_tls = true
+upstream_sni = "app.internal"
+upstream_ca = "ca.pem"
+connect_timeout = "2s"
+read_timeout = "5m"
+write_timeout = "30s"
+idle_timeout = "90s"
+health_check_interval = "10s"
+api_path = "/visitor-api"
+allow_countries = ["gb", "DE", "GB"]
+unknown_country = "deny"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.hosts,
+            vec![
+                DomainPattern::Exact("shop.example.com".into()),
+                DomainPattern::Wildcard("shop.example.com".into())
+            ]
+        );
+        assert_eq!(s.upstreams[0].host, "app.internal");
+        assert_eq!(s.upstreams[1].to_string(), "[::1]:9443");
+        assert_eq!(s.upstream_ca, Some(PathBuf::from("/etc/visitord/ca.pem")));
+        assert_eq!(s.timeouts.read, Duration::from_secs(300));
+        assert_eq!(
+            s.api_path.as_ref().map(ApiPath::as_str),
+            Some("/visitor-api/")
+        );
+        assert!(s.countries.admits("GB"));
+        assert!(s.countries.admits("DE"));
+        assert!(!s.countries.admits("US"));
+        assert!(!s.countries.admits(""));
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("hosts = []\nupstreams = [\"a:1\"]", "site[0].hosts: must list"),
+            ("hosts = [\"*.\"]\nupstreams = [\"a:1\"]", "site[0].hosts[0]:"),
+            ("hosts = [\"a.com\"]\nupstreams = []", "site[0].upstreams: must list"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a\"]", "site[0].upstreams[0]: \"a\": missing :port"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:0\"]", "port must be 1-65535"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"http://a:80\"]", "without scheme"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a b:80\"]", "invalid host name"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"::1:80\"]", "needs [brackets]"),
+            (
+                "hosts = [\"a.com\"]\nupstreams = [\"10.0.0.1:443\"]\nupstream_tls = true",
+                "site[0].upstreams[0]: \"10.0.0.1:443\": an IP address with upstream_tls = true needs upstream_sni",
+            ),
+            (
+                "hosts = [\"a.com\"]\nupstreams = [\"a:443\"]\nupstream_tls = true\nupstream_sni = \"\"",
+                "site[0].upstream_sni: must not be empty",
+            ),
+            (
+                "hosts = [\"a.com\"]\nupstreams = [\"a:443\"]\nupstream_tls = true\nupstream_sni = \"a b\"",
+                "site[0].upstream_sni: \"a b\": not a DNS name",
+            ),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:443\"]\nupstream_sni = \"a\"", "site[0].upstream_sni: only meaningful"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:443\"]\nupstream_ca = \"ca.pem\"", "site[0].upstream_ca: only meaningful"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:1\"]\nconnect_timeout = \"0s\"", "site[0].connect_timeout: must be more than 0s"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:1\"]\nread_timeout = \"25h\"", "site[0].read_timeout:"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:1\"]\nhealth_check_interval = \"100ms\"", "site[0].health_check_interval: must be between"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:1\"]\napi_path = \"x\"", "site[0].api_path:"),
+            (
+                "hosts = [\"a.com\"]\nupstreams = [\"a:1\"]\nallow_countries = [\"GB\"]\ndeny_countries = [\"US\"]",
+                "site[0].deny_countries: allow_countries and deny_countries cannot both be set",
+            ),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:1\"]\ndeny_countries = [\"US\", \"XX\"]", "site[0].deny_countries[1]: \"XX\": not an ISO 3166-1"),
+            ("hosts = [\"a.com\"]\nupstreams = [\"a:1\"]\nallow_countries = []", "site[0].allow_countries: must list"),
+        ];
+        for (text, want) in cases {
+            let e = error(text);
+            assert!(e.starts_with(FILE), "{e}");
+            assert!(e.contains(want), "{text:?}\n  got: {e}\n want: {want}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_and_bad_enum_are_refused() {
+        let e = toml::from_str::<RawSite>("hosts = [\"a\"]\nupstreams = [\"a:1\"]\nupstream = 1")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `upstream`"), "{e}");
+        let e = toml::from_str::<RawSite>(
+            "hosts = [\"a\"]\nupstreams = [\"a:1\"]\nunknown_country = \"maybe\"",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn a_host_claimed_twice_is_refused() {
+        let two = vec![
+            raw(MINIMAL),
+            raw("hosts = [\"a.com\", \"WWW.example.com\"]\nupstreams = [\"b:1\"]"),
+        ];
+        let e = parse_sites(Path::new(FILE), two, &|p| p.to_path_buf())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("site[1].hosts[1]: \"www.example.com\": already claimed by site[0]"),
+            "{e}"
+        );
+        let one = vec![raw(
+            "hosts = [\"*.a.com\", \"*.A.com\"]\nupstreams = [\"b:1\"]",
+        )];
+        let e = parse_sites(Path::new(FILE), one, &|p| p.to_path_buf())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("site[0].hosts[1]: \"*.a.com\": listed twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn country_rules() {
+        let deny = parse_one(&format!("{MINIMAL}deny_countries = [\"US\"]"))
+            .unwrap()
+            .countries;
+        assert!(!deny.admits("US"));
+        assert!(deny.admits("GB"));
+        assert!(deny.admits(""), "unknown_country defaults to allow");
+        let strict = CountryRule::everyone(UnknownCountry::Deny);
+        assert!(strict.admits("US"));
+        assert!(!strict.admits(""));
+    }
+}

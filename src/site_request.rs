@@ -1,0 +1,190 @@
+//! A request for a site visitord stands in front of: proxied with the
+//! visitor's facts, or answered here instead (the site's same-origin API,
+//! a visitor its country rule refuses). Pure: facts in, a decision out;
+//! `proxy` carries it out.
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+use crate::answer::{self, Answer};
+use crate::client_ip;
+use crate::limits::Limiter;
+use crate::route::{Method, RequestFacts};
+use crate::snapshot::Snapshot;
+use crate::visitor::{self, VisitorData};
+
+/// `Allow` on a 405 from a site's same-origin API.
+pub const SAME_ORIGIN_ALLOW: &str = "GET, HEAD";
+
+/// What the upstream of a site request receives, decided before it is
+/// chosen: the headers visitord sets.
+#[derive(Debug, Clone)]
+pub struct SiteRequest {
+    /// The site's index in the snapshot.
+    pub index: usize,
+    /// In `visitor::VISITOR_HEADERS` order.
+    pub visitor: [HeaderValue; 11],
+    pub forwarded_for: HeaderValue,
+    /// Whether the peer's own `Forwarded` header may pass.
+    pub peer_trusted: bool,
+    pub forwarded_host: Option<HeaderValue>,
+}
+
+#[derive(Debug)]
+pub enum SiteDecision {
+    Proxy(Box<SiteRequest>),
+    Answer(Answer),
+}
+
+/// Decides a request routed to site `index` (its same-origin API when
+/// `same_origin`).
+pub fn decide(
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    index: usize,
+    same_origin: bool,
+    limiter: &Limiter,
+) -> SiteDecision {
+    let Some(site) = snap.sites.get(index) else {
+        return SiteDecision::Answer(answer::not_found());
+    };
+    if same_origin {
+        if facts.declares_body {
+            return SiteDecision::Answer(answer::body_not_allowed());
+        }
+        let per_minute = snap.config.limits.requests_per_minute_per_ip;
+        if let Err(refusal) = limiter.client_request(facts.client.ip, per_minute) {
+            return SiteDecision::Answer(answer::too_many_requests(refusal));
+        }
+    }
+    let visitor = snap.visitor(facts.client.ip, facts.user_agent);
+    let data = visitor.data();
+    let admitted = site.config.countries.admits(data.country_code);
+    if same_origin {
+        return SiteDecision::Answer(if admitted {
+            same_origin_answer(facts.method, &data)
+        } else {
+            answer::country_refused()
+        });
+    }
+    if !admitted {
+        return SiteDecision::Answer(answer::refused_page());
+    }
+    SiteDecision::Proxy(Box::new(SiteRequest {
+        index,
+        visitor: visitor::visitor_headers(&data),
+        forwarded_for: client_ip::forwarded_for(
+            facts.peer,
+            facts.peer_trusted,
+            facts.forwarded_for_lines(),
+        ),
+        peer_trusted: facts.peer_trusted,
+        forwarded_host: facts.host_raw.and_then(|h| HeaderValue::from_bytes(h).ok()),
+    }))
+}
+
+/// A site's same-origin API (`[[site]] api_path`): the site binding is the
+/// authorisation, so there is no `pid`, no origin check and no CORS.
+fn same_origin_answer(method: Method, data: &VisitorData<'_>) -> Answer {
+    match method {
+        Method::Get | Method::Head => Answer::new(200, Bytes::from(visitor::success_body(data))),
+        Method::Options | Method::Other => answer::method_not_allowed(SAME_ORIGIN_ALLOW),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
+mod tests {
+    use super::*;
+    use crate::config::ListenerKind;
+    use crate::route::tests::{request, snapshot};
+    use http::header;
+
+    const SITES: &str = "[[site]]\nhosts = [\"shop.example.com\"]\nupstreams = [\"127.0.0.1:1\"]\napi_path = \"/visitor-api/\"\n\
+        [[site]]\nhosts = [\"us.example.com\"]\nupstreams = [\"127.0.0.1:2\"]\nallow_countries = [\"US\"]\napi_path = \"/v/\"\n";
+
+    fn decide_for(
+        method: &str,
+        index: usize,
+        same_origin: bool,
+        peer: &str,
+        xff: &str,
+    ) -> SiteDecision {
+        let snap = snapshot(SITES);
+        let req = request(
+            method,
+            "/",
+            &[("host", "Shop.example.com"), ("x-forwarded-for", xff)],
+        );
+        let facts = RequestFacts::read(&req, peer.parse().unwrap(), ListenerKind::Tls, &snap);
+        decide(&snap, &facts, index, same_origin, &Limiter::new())
+    }
+
+    #[test]
+    fn proxied_requests_carry_the_visitor_and_the_forwarding_chain() {
+        let SiteDecision::Proxy(r) = decide_for("GET", 0, false, "127.0.0.1", "8.8.8.8") else {
+            panic!("proxied")
+        };
+        assert_eq!(r.index, 0);
+        assert_eq!(r.visitor[0], "US", "X-Visitor-Country from the trusted hop");
+        assert_eq!(r.forwarded_for, "8.8.8.8, 127.0.0.1");
+        assert!(r.peer_trusted);
+        assert_eq!(
+            r.forwarded_host.as_ref().map(|h| h.to_str().unwrap()),
+            Some("Shop.example.com")
+        );
+        let SiteDecision::Proxy(r) = decide_for("GET", 0, false, "198.51.100.7", "8.8.8.8") else {
+            panic!("proxied")
+        };
+        assert_eq!(
+            r.forwarded_for, "198.51.100.7",
+            "an untrusted chain is dropped"
+        );
+        assert!(!r.peer_trusted);
+    }
+
+    #[test]
+    fn country_rules_refuse_with_a_page_or_json() {
+        let SiteDecision::Answer(a) = decide_for("GET", 1, false, "127.0.0.1", "81.2.69.142")
+        else {
+            panic!("refused")
+        };
+        assert_eq!(
+            (a.status, a.content_type),
+            (403, "text/html; charset=utf-8")
+        );
+        let SiteDecision::Answer(a) = decide_for("GET", 1, true, "127.0.0.1", "81.2.69.142") else {
+            panic!("refused")
+        };
+        assert_eq!((a.status, a.content_type), (403, "application/json"));
+        assert!(matches!(
+            decide_for("GET", 1, false, "127.0.0.1", "8.8.8.8"),
+            SiteDecision::Proxy(_)
+        ));
+    }
+
+    #[test]
+    fn same_origin_answer_has_no_cors_and_only_get() {
+        let SiteDecision::Answer(a) = decide_for("GET", 0, true, "127.0.0.1", "8.8.8.8") else {
+            panic!("answered")
+        };
+        assert_eq!(a.status, 200);
+        assert_eq!(a.content_type, "application/json");
+        assert!(a.headers.is_empty(), "{:?}", a.headers);
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(v["data"]["countryCode"], "US");
+        for (method, status) in [("HEAD", 200), ("OPTIONS", 405), ("POST", 405)] {
+            let SiteDecision::Answer(a) = decide_for(method, 0, true, "127.0.0.1", "8.8.8.8")
+            else {
+                panic!("answered")
+            };
+            assert_eq!(a.status, status, "{method}");
+            if status == 405 {
+                assert_eq!(
+                    a.headers,
+                    vec![(header::ALLOW, HeaderValue::from_static("GET, HEAD"))]
+                );
+            }
+        }
+    }
+}
