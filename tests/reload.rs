@@ -16,7 +16,7 @@ use common::{eventually, Options, Server};
 const ALLOWED: &str = "https://example.com";
 
 /// Writes `text` to a temporary file beside `path`, then renames it over
-/// `path` — the safe way the README tells operators to replace files.
+/// `path` — the safe way docs/operations.md tells operators to replace files.
 fn replace(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp-new");
     std::fs::write(&tmp, bytes).unwrap();
