@@ -9,7 +9,7 @@
 //! Precise rules:
 //! - Every address (peer, each hop, the result) is unwrapped from
 //!   IPv4-mapped IPv6 (`::ffff:1.2.3.4` is `1.2.3.4`) before it is checked,
-//!   so write IPv4 CIDRs for IPv4 proxies.
+//!   and so is every trusted network (`::ffff:10.0.0.0/104` is `10.0.0.0/8`).
 //! - Walking from the right, a trusted hop is skipped and the first
 //!   untrusted hop is the client. If every hop is trusted, the leftmost one
 //!   is the client.

@@ -12,28 +12,29 @@ use std::sync::LazyLock;
 
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use visitord::client_ip::{client_ip, client_ip_from_lines};
+use visitord::client_ip::{client_ip, client_ip_from_lines, TrustedProxies};
 
 /// A realistic list: private ranges, loopback, a documentation range of each
-/// family, and an IPv4-mapped block written as IPv6 (never matches, as the
-/// module docs say).
-static TRUSTED: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
-    [
-        "10.0.0.0/8",
-        "127.0.0.0/8",
-        "192.168.0.0/16",
-        "203.0.113.0/28",
-        "::1/128",
-        "2001:db8:ffff::/48",
-        "::ffff:172.16.0.0/108",
-    ]
-    .iter()
-    .filter_map(|s| s.parse().ok())
-    .collect()
+/// family, and an IPv4-mapped block written as IPv6 (read as its IPv4
+/// network, as the module docs say).
+static TRUSTED: LazyLock<TrustedProxies> = LazyLock::new(|| {
+    TrustedProxies::new(
+        [
+            "10.0.0.0/8",
+            "127.0.0.0/8",
+            "192.168.0.0/16",
+            "203.0.113.0/28",
+            "::1/128",
+            "2001:db8:ffff::/48",
+            "::ffff:172.16.0.0/108",
+        ]
+        .iter()
+        .filter_map(|s| s.parse::<IpNet>().ok()),
+    )
 });
 
 fn is_trusted(ip: IpAddr) -> bool {
-    TRUSTED.iter().any(|n| n.contains(&ip))
+    TRUSTED.contains(ip)
 }
 
 fn peer_from(line: &[u8]) -> IpAddr {
@@ -58,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
     let peer = peer_from(lines.first().copied().unwrap_or_default());
     let header = |i: usize| lines.get(i).copied().filter(|l| *l != b"-");
     let (xff, fwd) = (header(1), header(2));
-    let trusted = &TRUSTED[..];
+    let trusted = &*TRUSTED;
 
     // Headers sent as one line each (what `client_ip` documents).
     let xff_joined = xff.map(|x| x.split(|&b| b == b'\r').collect::<Vec<_>>().join(&b','));
@@ -94,12 +95,13 @@ fuzz_target!(|data: &[u8]| {
         trusted,
         xff_lines.iter().copied(),
         fwd_joined.as_deref(),
-    );
+    )
+    .ip;
     assert_eq!(
         by_lines, got,
         "X-Forwarded-For lines differ from their join"
     );
-    let by_lines = client_ip_from_lines(peer, trusted, xff_lines.iter().copied(), fwd_lines);
+    let by_lines = client_ip_from_lines(peer, trusted, xff_lines.iter().copied(), fwd_lines).ip;
     assert_eq!(by_lines, by_lines.to_canonical());
     if !is_trusted(canonical) {
         assert_eq!(by_lines, canonical);
@@ -112,7 +114,12 @@ fuzz_target!(|data: &[u8]| {
     );
     // Nothing is trusted: always the peer.
     assert_eq!(
-        client_ip(peer, &[], xff_joined.as_deref(), fwd_joined.as_deref()),
+        client_ip(
+            peer,
+            &TrustedProxies::default(),
+            xff_joined.as_deref(),
+            fwd_joined.as_deref()
+        ),
         canonical
     );
 });

@@ -8,9 +8,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use visitord::host::is_loopback_host;
 use visitord::origin::{
-    caller_origin, decide, is_loopback_host, origin_of_referer, parse_origin, Decision, DenyReason,
-    DomainPattern, Origin, Scheme,
+    caller_origin, decide, origin_of_referer, parse_origin, Decision, DenyReason, DomainPattern,
+    Origin, Scheme,
 };
 
 fuzz_target!(|data: &[u8]| {
