@@ -20,7 +20,7 @@ use visitord::agent::AgentParser;
 use visitord::api;
 use visitord::config::ListenerKind;
 use visitord::geo::GeoDb;
-use visitord::limits::Limiter;
+use visitord::limits::{ClientPrefixes, Limiter};
 use visitord::origin::{self, Decision, DomainPattern};
 use visitord::route::{self, RequestFacts};
 use visitord::snapshot::Snapshot;
@@ -202,8 +202,11 @@ fn origin_check(c: &mut Criterion) {
     group.finish();
 }
 
-/// The per-client rate limit as the API counts it: one sketch update per
-/// request, over the 2,000 addresses.
+/// The default client networks: one IPv4 address, one IPv6 /64.
+const PREFIXES: ClientPrefixes = ClientPrefixes { v4: 32, v6: 64 };
+
+/// The per-client rate limit as the API counts it: the client's network,
+/// then one sketch update per request, over the 2,000 addresses.
 fn limits(c: &mut Criterion) {
     let limiter = Limiter::new();
     let ips = addresses();
@@ -213,7 +216,8 @@ fn limits(c: &mut Criterion) {
     group.bench_function("client_request", |b| {
         b.iter(|| {
             i = (i + 1) % ips.len();
-            black_box(limiter.client_request(black_box(ips[i]), 1_000_000_000))
+            let key = PREFIXES.key(black_box(ips[i]));
+            black_box(limiter.client_request(key, 1_000_000_000))
         })
     });
     group.finish();

@@ -118,6 +118,15 @@ pub fn body_not_allowed() -> Answer {
     a
 }
 
+/// 431 for a request head over `limits.max_request_head` that was read
+/// whole (an HTTP/2 one; HTTP/1 connections are cut while reading); the
+/// connection is not reused.
+pub fn head_too_large() -> Answer {
+    let mut a = error(431, "request header fields too large");
+    a.close = true;
+    a
+}
+
 /// The JSON refusal of a site's same-origin API for a visitor its country
 /// rule refuses.
 pub fn country_refused() -> Answer {

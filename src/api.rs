@@ -25,8 +25,11 @@ pub fn answer(snap: &Snapshot, req: &RequestFacts<'_>, limiter: &Limiter) -> Ans
     if req.declares_body {
         return answer::body_not_allowed();
     }
-    let per_minute = snap.config.limits.requests_per_minute_per_ip;
-    if let Err(refusal) = limiter.client_request(req.client.ip, per_minute) {
+    let limits = &snap.config.limits;
+    if let Err(refusal) = limiter.client_request(
+        limits.client_prefixes.key(req.client.ip),
+        limits.requests_per_minute_per_ip,
+    ) {
         return answer::too_many_requests(refusal);
     }
     if req.method == Method::Other {

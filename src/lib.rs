@@ -6,17 +6,18 @@
 //! (`tests/architecture.rs` keeps it so):
 //!
 //! - L0 leaves: `json country agent geo limits metrics host origin
-//!   client_ip proxy_protocol logging systemd`
+//!   client_ip proxy_protocol logging systemd request_head`
 //! - L1 `config`: the serde surface and the typed configuration
 //! - L2 values built from configuration and data: `answer visitor query
 //!   tls sites upstream`
 //! - L3 `snapshot`: one immutable world
 //! - L4 decisions: `route api site_request`
-//! - L5 Pingora glue: `proxy connection health_checks reload services`
+//! - L5 Pingora glue: `proxy accept connection health_checks reload services`
 //! - L6 `server` (and the `visitord` binary)
 //!
 //! Pingora types are named only in L5, L6 and `upstream`.
 
+pub mod accept;
 pub mod agent;
 pub mod answer;
 pub mod api;
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod query;
 pub mod reload;
+pub mod request_head;
 pub mod route;
 pub mod server;
 pub mod services;

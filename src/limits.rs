@@ -17,9 +17,16 @@
 //! Windows are fixed minutes: a client can send up to twice its limit
 //! across a window boundary, and `Retry-After` names the end of the current
 //! window.
+//!
+//! A client is a network, not always one address: every per-client limit
+//! is keyed by [`ClientKey`], the address cut to `limits.ipv4_prefix` /
+//! `limits.ipv6_prefix` bits (default /32 and /64), since whoever holds an
+//! IPv6 /64 can pick any of 2^64 addresses.
 
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_limits::inflight::{Guard, Inflight};
@@ -34,12 +41,15 @@ const IP_ROWS: usize = 2;
 const PROJECT_SLOTS: usize = 1024;
 const PROJECT_ROWS: usize = 4;
 
-/// Which limit a request ran into (a metrics label).
+/// Which limit a request or connection ran into (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exceeded {
     ClientRate,
     ProjectRate,
+    /// One client's concurrent connections.
     Connections,
+    /// All connections together (`limits.max_connections`).
+    ServerConnections,
 }
 
 impl Exceeded {
@@ -48,8 +58,64 @@ impl Exceeded {
             Exceeded::ClientRate => "client_rate",
             Exceeded::ProjectRate => "project_rate",
             Exceeded::Connections => "connections",
+            Exceeded::ServerConnections => "server_connections",
         }
     }
+}
+
+/// Why a connection over a connection limit is closed, as the log says it
+/// (at debug: a flood must not flood the log).
+pub const CONNECTION_REFUSED: &str = "connection refused: over the connection limit";
+
+/// How many leading bits of an address name one client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPrefixes {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+/// The key every per-client limit counts by: an address with its host bits
+/// cleared. Only [`ClientPrefixes::key`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientPrefixes {
+    /// The client `ip` (any form; IPv4-mapped IPv6 counts as IPv4) belongs to.
+    pub fn key(self, ip: IpAddr) -> ClientKey {
+        let masked = match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4) & mask(u32::MAX, self.v4, 32);
+                IpAddr::V4(Ipv4Addr::from(bits))
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & mask(u128::MAX, self.v6, 128);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        };
+        ClientKey(masked)
+    }
+}
+
+/// `all` with only its `prefix` leading bits set (of `width`).
+fn mask<T>(all: T, prefix: u8, width: u32) -> T
+where
+    T: std::ops::Shl<u32, Output = T> + Default,
+{
+    match width.checked_sub(u32::from(prefix)) {
+        Some(shift) if shift < width => all << shift,
+        // A prefix of 0 keys every address alike; one past the width is
+        // refused by the configuration.
+        Some(_) => T::default(),
+        None => all,
+    }
+}
+
+/// The default of `limits.max_connections` for an open-file limit: half of
+/// what is left after room for listeners, databases and watched files, since
+/// a proxied connection holds a second descriptor to its upstream.
+pub fn max_connections_for(open_files: u64) -> u32 {
+    let usable = open_files.saturating_sub(64) / 2;
+    u32::try_from(usable).unwrap_or(u32::MAX).max(64)
 }
 
 /// A refusal: which limit, and how long until trying again makes sense.
@@ -66,8 +132,33 @@ pub struct Limiter {
     clients: Rate,
     projects: Rate,
     connections: Inflight,
+    open: Arc<AtomicUsize>,
+    /// The server cap when `limits.max_connections` is not set.
+    default_max_connections: u32,
     started: Instant,
     window: Duration,
+}
+
+/// A connection's place in the connection counts, held until it closes.
+#[derive(Debug)]
+pub struct ConnectionPlace {
+    _client: Option<GuardSlot>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for ConnectionPlace {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `Guard` is not `Debug`; this only holds it.
+struct GuardSlot(#[allow(dead_code)] Guard);
+
+impl std::fmt::Debug for GuardSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuardSlot")
+    }
 }
 
 impl Default for Limiter {
@@ -87,14 +178,23 @@ impl Limiter {
             clients: Rate::new_with_estimator_config(window, IP_ROWS, IP_SLOTS),
             projects: Rate::new_with_estimator_config(window, PROJECT_ROWS, PROJECT_SLOTS),
             connections: Inflight::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+            default_max_connections: u32::MAX,
             started: Instant::now(),
             window,
         }
     }
 
+    /// The server cap to apply when the configuration sets none (see
+    /// [`max_connections_for`]).
+    pub fn with_default_max_connections(mut self, max: u32) -> Limiter {
+        self.default_max_connections = max;
+        self
+    }
+
     /// Counts one request from `client`; refuses it above `per_minute`
     /// (0: no limit, nothing counted).
-    pub fn client_request(&self, client: IpAddr, per_minute: u32) -> Result<(), Refusal> {
+    pub fn client_request(&self, client: ClientKey, per_minute: u32) -> Result<(), Refusal> {
         self.count(&self.clients, &client, per_minute, Exceeded::ClientRate)
     }
 
@@ -124,22 +224,42 @@ impl Limiter {
         }
     }
 
-    /// Registers a connection from `peer`; the returned guard holds its
-    /// place until dropped. Above `max` (0: no limit) the connection is
-    /// refused and the caller closes it.
-    pub fn open_connection(&self, peer: IpAddr, max: u32) -> Result<Option<Guard>, Refusal> {
-        if max == 0 {
-            return Ok(None);
+    /// Registers a connection: against `max` in all (`None`: the default),
+    /// and against `per_client` for its client (`None`: exempt, a trusted
+    /// proxy; 0: no limit). The place is held until dropped.
+    pub fn open_connection(
+        &self,
+        client: Option<ClientKey>,
+        per_client: u32,
+        max: Option<u32>,
+    ) -> Result<ConnectionPlace, Refusal> {
+        let max = max.unwrap_or(self.default_max_connections);
+        let refusal = |exceeded| Refusal {
+            exceeded,
+            retry_after: Duration::from_secs(1),
+        };
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        // From here the count is released on every path, refusals included.
+        let mut place = ConnectionPlace {
+            _client: None,
+            open: Arc::clone(&self.open),
+        };
+        if open > max as usize {
+            return Err(refusal(Exceeded::ServerConnections));
         }
-        let (guard, open) = self.connections.incr(peer, 1);
-        if open <= max as isize {
-            Ok(Some(guard))
-        } else {
-            Err(Refusal {
-                exceeded: Exceeded::Connections,
-                retry_after: Duration::from_secs(1),
-            })
+        if let (Some(client), true) = (client, per_client > 0) {
+            let (guard, count) = self.connections.incr(client, 1);
+            if count > per_client as isize {
+                return Err(refusal(Exceeded::Connections));
+            }
+            place._client = Some(GuardSlot(guard));
         }
+        Ok(place)
+    }
+
+    /// Connections holding a place now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Time left in the current fixed window (at least a second, so that
@@ -158,12 +278,15 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> ClientKey {
+        PER_ADDRESS.key(s.parse().unwrap())
     }
+
+    const PER_ADDRESS: ClientPrefixes = ClientPrefixes { v4: 32, v6: 128 };
 
     #[test]
     fn client_limit_refuses_above_the_limit_with_retry_after() {
@@ -200,7 +323,10 @@ mod tests {
             assert!(l.client_request(ip("192.0.2.1"), 0).is_ok());
             assert!(l.project_request("demo", 0).is_ok());
         }
-        assert!(l.open_connection(ip("192.0.2.1"), 0).unwrap().is_none());
+        let held: Vec<_> = (0..1000)
+            .map(|_| l.open_connection(Some(ip("192.0.2.1")), 0, None).unwrap())
+            .collect();
+        assert_eq!(l.open_connections(), held.len());
     }
 
     #[test]
@@ -217,19 +343,78 @@ mod tests {
     }
 
     #[test]
-    fn connections_are_released_when_the_guard_drops() {
+    fn connections_are_released_when_the_place_drops() {
         let l = Limiter::new();
-        let peer = ip("2001:db8::1");
-        let a = l.open_connection(peer, 2).unwrap();
-        let b = l.open_connection(peer, 2).unwrap();
+        let peer = Some(ip("2001:db8::1"));
+        let a = l.open_connection(peer, 2, None).unwrap();
+        let b = l.open_connection(peer, 2, None).unwrap();
         assert_eq!(
-            l.open_connection(peer, 2).unwrap_err().exceeded,
+            l.open_connection(peer, 2, None).unwrap_err().exceeded,
             Exceeded::Connections
         );
         drop(a);
-        let c = l.open_connection(peer, 2).unwrap();
-        assert!(c.is_some());
+        let c = l.open_connection(peer, 2, None).unwrap();
+        assert_eq!(l.open_connections(), 2, "a refusal holds no place");
         drop((b, c));
+        assert_eq!(l.open_connections(), 0);
+    }
+
+    #[test]
+    fn the_server_cap_counts_every_connection_exempt_ones_too() {
+        let l = Limiter::new();
+        let held: Vec<_> = (0..3)
+            .map(|_| l.open_connection(None, 1, Some(3)).unwrap())
+            .collect();
+        assert_eq!(
+            l.open_connection(Some(ip("192.0.2.9")), 1, Some(3))
+                .unwrap_err()
+                .exceeded,
+            Exceeded::ServerConnections
+        );
+        drop(held);
+        assert!(l.open_connection(Some(ip("192.0.2.9")), 1, Some(3)).is_ok());
+    }
+
+    #[test]
+    fn clients_are_networks_of_the_configured_size() {
+        let p = ClientPrefixes { v4: 32, v6: 64 };
+        let key = |s: &str| p.key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        let wide = ClientPrefixes { v4: 24, v6: 48 };
+        assert_eq!(
+            wide.key("192.0.2.1".parse().unwrap()),
+            wide.key("192.0.2.200".parse().unwrap())
+        );
+        assert_eq!(
+            wide.key("2001:db8:1:2::1".parse().unwrap()),
+            wide.key("2001:db8:1:ffff::1".parse().unwrap())
+        );
+        let all = ClientPrefixes { v4: 0, v6: 0 };
+        assert_eq!(
+            all.key("192.0.2.1".parse().unwrap()),
+            all.key("10.0.0.1".parse().unwrap())
+        );
+        let l = Limiter::new();
+        for n in 0..5 {
+            assert!(l
+                .client_request(key(&format!("2001:db8:1:2::{n:x}")), 5)
+                .is_ok());
+        }
+        assert!(
+            l.client_request(key("2001:db8:1:2:abcd::1"), 5).is_err(),
+            "a fresh address in the same /64 is the same client"
+        );
+    }
+
+    #[test]
+    fn default_connection_cap_leaves_room_for_upstreams_and_files() {
+        assert_eq!(max_connections_for(1024), 480);
+        assert_eq!(max_connections_for(65_536), 32_736);
+        assert_eq!(max_connections_for(10), 64);
+        assert_eq!(max_connections_for(u64::MAX), u32::MAX);
     }
 
     /// Many distinct clients do not push an honest one over its limit: the
@@ -238,7 +423,7 @@ mod tests {
     fn many_clients_do_not_starve_one() {
         let l = Limiter::new();
         for i in 0..200_000u32 {
-            let other = IpAddr::from(i.to_be_bytes());
+            let other = PER_ADDRESS.key(IpAddr::from(i.to_be_bytes()));
             let _ = l.client_request(other, 600);
         }
         for _ in 0..550 {

@@ -8,10 +8,15 @@
 //! that does not come from visitord itself has each IP address in it
 //! replaced by `[addr]` before it is written, at every level.
 //!
-//! Failed TLS handshakes are the client's doing (scanners, clients that
-//! distrust the certificate, connections cut short), so, like nginx, they
-//! are logged at info, not at Pingora's error level: an error line should
-//! mean the operator has something to fix.
+//! Pingora logs what clients do at error level: failed TLS handshakes
+//! (scanners, clients that distrust the certificate), connections closed
+//! or reset mid-request, heads that never complete. Like nginx, visitord
+//! logs these at info or debug ([`CLIENT_CAUSED`]): a warn or error line
+//! should mean the operator has something to do.
+//!
+//! The file watcher's own trace and debug lines are dropped: with the log
+//! file in a watched folder, each line would be a new file event, and each
+//! event a new line.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -46,9 +51,13 @@ impl Log for Redacting {
             }
             return;
         }
+        if is_watcher(target) && record.level() > Level::Info {
+            return;
+        }
         // A line that may be demoted is formatted before the filter sees it,
         // so that `RUST_LOG=info` shows it and `warn` does not.
-        if !(target == HANDSHAKE_TARGET || self.inner.matches(record)) {
+        let demotable = CLIENT_CAUSED.iter().any(|(t, _, _)| target.starts_with(t));
+        if !(demotable || self.inner.matches(record)) {
             return;
         }
         let text = record.args().to_string();
@@ -80,18 +89,53 @@ fn is_ours(target: &str) -> bool {
     target == "visitord" || target.starts_with("visitord::")
 }
 
-/// Where Pingora logs a failed downstream TLS handshake.
-const HANDSHAKE_TARGET: &str = "pingora_core::services::listening";
+/// The file watcher's crates (`notify` and its inotify backend).
+fn is_watcher(target: &str) -> bool {
+    target.starts_with("notify") || target.starts_with("inotify")
+}
 
-/// The level a library line is written at: Pingora's "Downstream handshake
-/// error" lines (the client failed the TLS handshake) at most at info, every
-/// other line at its own level.
+/// Library lines about what a client did, by target prefix and text
+/// prefix, and the most severe level they are written at.
+const CLIENT_CAUSED: &[(&str, &str, Level)] = &[
+    // A failed TLS handshake: a scanner, an old client, a cut connection.
+    (
+        "pingora_core::services::listening",
+        "Downstream handshake error",
+        Level::Info,
+    ),
+    (
+        "pingora_core::services::listening",
+        "Downstream handshake timeout",
+        Level::Info,
+    ),
+    // Reading a request head failed: closed, reset, too slow, too large.
+    ("pingora_proxy", "Fail to proxy: Downstream", Level::Debug),
+    (
+        "pingora_proxy",
+        "failed to send error response to downstream",
+        Level::Debug,
+    ),
+    // A client that picked HTTP/2 and then sent something else.
+    ("pingora_core::apps", "H2 handshake error", Level::Debug),
+    // The metrics listener's client went away.
+    (
+        "pingora_core::apps::http_app",
+        "HTTP server fails to read from downstream",
+        Level::Debug,
+    ),
+];
+
+/// The level a library line is written at: client-caused lines at most at
+/// their [`CLIENT_CAUSED`] level (a connection the accept gate refused at
+/// debug, a flood must not flood the log), every other line at its own.
 fn level_for(target: &str, text: &str, level: Level) -> Level {
-    if target == HANDSHAKE_TARGET && text.starts_with("Downstream handshake error") {
-        level.max(Level::Info)
-    } else {
-        level
+    if text.contains(crate::limits::CONNECTION_REFUSED) {
+        return level.max(Level::Debug);
     }
+    CLIENT_CAUSED
+        .iter()
+        .find(|(t, prefix, _)| target.starts_with(t) && text.starts_with(prefix))
+        .map_or(level, |(_, _, most)| level.max(*most))
 }
 
 /// IPv4 dotted quads, and anything shaped like an IPv6 address (two or more
@@ -141,22 +185,47 @@ mod tests {
         }
     }
 
+    const LISTENING: &str = "pingora_core::services::listening";
+
     #[test]
-    fn client_handshake_failures_are_info_not_error() {
+    fn client_caused_lines_are_info_or_debug_not_error() {
         let line = "Downstream handshake error from [addr]:4711: tls handshake eof";
-        assert_eq!(level_for(HANDSHAKE_TARGET, line, Level::Error), Level::Info);
+        assert_eq!(level_for(LISTENING, line, Level::Error), Level::Info);
+        assert_eq!(level_for(LISTENING, line, Level::Debug), Level::Debug);
         assert_eq!(
-            level_for(HANDSHAKE_TARGET, line, Level::Debug),
-            Level::Debug
+            level_for(LISTENING, "Downstream handshake timeout", Level::Error),
+            Level::Info
         );
-        // Other errors of the same module, and the same words elsewhere, keep
-        // their level.
-        let other = "Failed to accept: too many open files";
+        let refused = format!(
+            "Downstream handshake error from [addr]:1: {}",
+            crate::limits::CONNECTION_REFUSED
+        );
+        assert_eq!(level_for(LISTENING, &refused, Level::Error), Level::Debug);
+        for (target, text) in [
+            ("pingora_proxy", "Fail to proxy: Downstream ConnectionClosed context: while reading request headers"),
+            ("pingora_proxy", "Fail to proxy: Downstream ReadError context: request head not complete within limits.request_header_timeout"),
+            ("pingora_proxy", "failed to send error response to downstream: WriteError"),
+            ("pingora_core::apps", "H2 handshake error invalid preface"),
+        ] {
+            assert_eq!(level_for(target, text, Level::Error), Level::Debug, "{text}");
+        }
+        // Other errors of the same modules, and the same words elsewhere,
+        // keep their level.
+        let other = "Accept() failed Too many open files";
+        assert_eq!(level_for(LISTENING, other, Level::Error), Level::Error);
+        assert_eq!(level_for("pingora_proxy", line, Level::Error), Level::Error);
+        let upstream = "Fail to proxy: Upstream ConnectRefused";
         assert_eq!(
-            level_for(HANDSHAKE_TARGET, other, Level::Error),
+            level_for("pingora_proxy", upstream, Level::Error),
             Level::Error
         );
-        assert_eq!(level_for("pingora_proxy", line, Level::Error), Level::Error);
+    }
+
+    #[test]
+    fn the_file_watcher_never_logs_below_info() {
+        assert!(is_watcher("notify::inotify"));
+        assert!(is_watcher("inotify"));
+        assert!(!is_watcher("visitord::reload"));
     }
 
     #[test]

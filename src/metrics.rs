@@ -19,6 +19,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub origin_rejections: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub closed_connections: IntCounterVec,
     pub reloads: IntCounterVec,
     pub snapshot_generation: IntGauge,
     pub geo_build: IntGaugeVec,
@@ -78,6 +79,12 @@ impl Metrics {
             "Requests refused with 429, and connections closed over the per-address cap, by which limit was exceeded.",
             &["reason"],
         );
+        let closed_connections = counter(
+            &registry,
+            "visitord_closed_connections_total",
+            "Connections visitord closed for a limit before a request was read: TLS handshake or request head too slow, request head too large.",
+            &["reason"],
+        );
         let reloads = counter(
             &registry,
             "visitord_reloads_total",
@@ -117,6 +124,7 @@ impl Metrics {
             request_duration,
             origin_rejections,
             rate_limited,
+            closed_connections,
             reloads,
             snapshot_generation,
             geo_build,
@@ -146,11 +154,12 @@ pub enum RouteLabel {
     Readyz,
     Redirect,
     NotFound,
+    BadRequest,
     Unknown,
 }
 
 impl RouteLabel {
-    const COUNT: usize = 8;
+    const COUNT: usize = 9;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -161,6 +170,7 @@ impl RouteLabel {
             RouteLabel::Readyz => "readyz",
             RouteLabel::Redirect => "redirect",
             RouteLabel::NotFound => "not_found",
+            RouteLabel::BadRequest => "bad_request",
             RouteLabel::Unknown => "unknown",
         }
     }

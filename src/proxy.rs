@@ -24,7 +24,7 @@ use crate::origin::DenyReason;
 use crate::route::{self, Method, RequestFacts, Route};
 use crate::site_request::{self, SiteDecision, SiteRequest};
 use crate::snapshot::{Shared, Snapshot};
-use crate::visitor::{VISITOR_HEADERS, VISITOR_HEADER_PREFIX};
+use crate::visitor::VISITOR_HEADERS;
 
 /// The request handler; one per listener role.
 pub struct Visitord {
@@ -89,6 +89,9 @@ impl ProxyHttp for Visitord {
 
     async fn request_filter(&self, s: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         keep_alive(s, &ctx.snap);
+        // RFC 9112 §9.3.2: pipelined requests are answered in order (Pingora
+        // closes the connection and drops them otherwise).
+        s.set_pipelining_enabled(true);
         let snap = &ctx.snap;
         let facts = RequestFacts::read(s.req_header(), peer_ip(s), self.role, snap);
         let route = route::route(snap, &facts);
@@ -101,6 +104,8 @@ impl ProxyHttp for Visitord {
             }
             Route::Api => api::answer(snap, &facts, &self.limiter),
             Route::NotFound => answer::not_found(),
+            Route::InvalidHost => answer::error(400, "invalid Host header"),
+            Route::HeadTooLarge => answer::head_too_large(),
             Route::Site(i) | Route::SiteApi(i) => {
                 let same_origin = matches!(route, Route::SiteApi(_));
                 match site_request::decide(snap, &facts, i, same_origin, &self.limiter) {
@@ -148,26 +153,32 @@ impl ProxyHttp for Visitord {
         let Some(r) = ctx.site.as_ref().map(|r| &r.request) else {
             return Ok(());
         };
-        // Exactly one value of each X-Visitor-* reaches the upstream: ours.
-        let spoofed: Vec<HeaderName> = up
+        // Exactly one value of each header visitord sets reaches the
+        // upstream: ours (`site_request::passes_to_upstream`).
+        let refused: Vec<HeaderName> = up
             .headers
             .keys()
-            .filter(|n| n.as_str().starts_with(VISITOR_HEADER_PREFIX))
+            .filter(|n| {
+                !site_request::passes_to_upstream(
+                    n.as_str(),
+                    r.peer_trusted,
+                    r.pass_underscore_headers,
+                )
+            })
             .cloned()
             .collect();
-        for name in &spoofed {
+        for name in &refused {
             up.remove_header(name);
         }
         for (name, value) in VISITOR_HEADERS.iter().zip(&r.visitor) {
             up.insert_header(name, value.clone())?;
         }
         up.insert_header("x-forwarded-for", r.forwarded_for.clone())?;
-        if !r.peer_trusted {
-            up.remove_header("forwarded");
-        }
+        up.insert_header("x-real-ip", r.real_ip.clone())?;
         up.insert_header("x-forwarded-proto", HeaderValue::from_static("https"))?;
-        if let Some(h) = &r.forwarded_host {
-            up.insert_header("x-forwarded-host", h.clone())?;
+        match &r.forwarded_host {
+            Some(h) => up.insert_header("x-forwarded-host", h.clone())?,
+            None => drop(up.remove_header("x-forwarded-host")),
         }
         Ok(())
     }
@@ -246,8 +257,13 @@ impl ProxyHttp for Visitord {
     }
 
     /// Site failures are logged once, by `fail_site`, without the request
-    /// summary Pingora would add.
-    fn suppress_error_log(&self, _s: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+    /// summary Pingora would add; a client that went away or broke the
+    /// protocol is the client's doing, logged at debug.
+    fn suppress_error_log(&self, _s: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        if is_client_caused(e) {
+            log::debug!("request ended by the client: {}", e.etype().as_str());
+            return true;
+        }
         ctx.site.is_some()
     }
 
@@ -336,6 +352,24 @@ fn site_error_status(e: &Error) -> u16 {
         (_, ErrorSource::Downstream) => 400,
         _ => 500,
     }
+}
+
+/// Failures on the client's side of the connection: it closed or reset
+/// it, stopped reading, or sent what is not HTTP.
+fn is_client_caused(e: &Error) -> bool {
+    use ErrorType::*;
+    *e.esource() == ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ReadError
+                | WriteError
+                | ConnectionClosed
+                | ReadTimedout
+                | WriteTimedout
+                | H2Error
+                | InvalidH2
+                | InvalidHTTPHeader
+        )
 }
 
 /// The connect errors that say the upstream is not there.
@@ -465,6 +499,19 @@ mod tests {
         assert_eq!(site_error_status(&Error::new(InternalError)), 500);
         assert_eq!(site_error_status(&Error::new(HTTPStatus(413))), 413);
         assert!(is_unreachable(&ConnectRefused));
+        let client = |t: ErrorType| {
+            let mut e = Error::new(t);
+            e.as_down();
+            is_client_caused(&e)
+        };
+        assert!(client(WriteError) && client(ConnectionClosed) && client(H2Error));
+        assert!(!client(InternalError));
+        let mut upstream = Error::new(ReadError);
+        upstream.as_up();
+        assert!(
+            !is_client_caused(&upstream),
+            "an upstream's failure is ours to report"
+        );
         assert!(
             !is_unreachable(&InvalidCert),
             "a TLS mismatch is no reason to skip an upstream"

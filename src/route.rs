@@ -65,6 +65,9 @@ pub struct RequestFacts<'r> {
     /// A non-zero (or non-numeric) `Content-Length`, or any
     /// `Transfer-Encoding`: visitord's own answers take no body.
     pub declares_body: bool,
+    /// The size of the head as HTTP/1 would send it: request line and
+    /// header lines.
+    pub head_len: usize,
     headers: &'r HeaderMap,
 }
 
@@ -122,6 +125,7 @@ impl<'r> RequestFacts<'r> {
                 || headers
                     .get(header::CONTENT_LENGTH)
                     .is_some_and(|v| v.as_bytes() != b"0"),
+            head_len: head_len(req),
             headers,
         }
     }
@@ -138,6 +142,19 @@ impl<'r> RequestFacts<'r> {
     pub fn forwarded_for_lines(&self) -> impl DoubleEndedIterator<Item = &'r [u8]> {
         lines(self.headers, &X_FORWARDED_FOR)
     }
+}
+
+/// `METHOD TARGET HTTP/1.1\r\n`, `name: value\r\n` for each header, and
+/// the blank line.
+fn head_len(req: &Parts) -> usize {
+    let target = req.uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + headers + 2
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -177,6 +194,10 @@ pub enum Route {
     Site(usize),
     /// The same-origin API of that site.
     SiteApi(usize),
+    /// `Host` (or `:authority`) is not a valid host (`host.rs`).
+    InvalidHost,
+    /// A head over `limits.max_request_head` that was read whole.
+    HeadTooLarge,
 }
 
 impl Route {
@@ -190,6 +211,7 @@ impl Route {
             Route::NotFound => RouteLabel::NotFound,
             Route::Site(_) => RouteLabel::Site,
             Route::SiteApi(_) => RouteLabel::SiteApi,
+            Route::InvalidHost | Route::HeadTooLarge => RouteLabel::BadRequest,
         }
     }
 }
@@ -200,6 +222,12 @@ impl Route {
 /// match no site, so visitord never shadows a path of a site it fronts.
 /// Plain listeners redirect every host alike, health excepted.
 pub fn route(snap: &Snapshot, facts: &RequestFacts<'_>) -> Route {
+    if facts.head_len > snap.config.limits.max_request_head {
+        return Route::HeadTooLarge;
+    }
+    if matches!(facts.host, Some(Err(_))) {
+        return Route::InvalidHost;
+    }
     let https_port = match facts.listener {
         ListenerKind::Tls => None,
         ListenerKind::Redirect { https_port } => Some(https_port),
@@ -362,6 +390,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn heads_over_the_limit_are_refused_where_read_whole() {
+        let snap = snapshot("");
+        let limit = snap.config.limits.max_request_head;
+        let big = "a".repeat(limit);
+        let req = request("GET", "/api/", &[("cookie", big.as_str())]);
+        let f = facts(&snap, &req, TLS);
+        assert!(f.head_len > limit);
+        assert_eq!(route(&snap, &f), Route::HeadTooLarge);
+        let small = request("GET", "/api/", &[("cookie", "a=1"), ("host", "x.test")]);
+        let f = facts(&snap, &small, TLS);
+        assert_eq!(
+            f.head_len,
+            "GET /api/ HTTP/1.1\r\ncookie: a=1\r\nhost: x.test\r\n\r\n".len()
+        );
+    }
+
+    #[test]
     fn paths_route_by_listener() {
         let snap = snapshot("");
         let at = |path: &str, listener: ListenerKind| {
@@ -400,11 +445,9 @@ pub(crate) mod tests {
         assert_eq!(at(shop, "/visitor-api/", TLS), Route::SiteApi(0));
         assert_eq!(at(shop, "/visitor-api", TLS), Route::SiteApi(0));
         assert_eq!(at(Some("a.wild.test"), "/", TLS), Route::Site(0));
-        assert_eq!(
-            at(Some(".wild.test"), "/", TLS),
-            Route::NotFound,
-            "an invalid host names no site"
-        );
+        assert_eq!(at(Some(".wild.test"), "/", TLS), Route::InvalidHost);
+        assert_eq!(at(Some("a..wild.test"), "/api/", TLS), Route::InvalidHost);
+        assert_eq!(at(Some("a_b!.test"), "/", PLAIN), Route::InvalidHost);
         assert_eq!(at(Some("localhost"), "/api/", TLS), Route::Api);
         assert_eq!(at(Some("localhost"), "/visitor-api/", TLS), Route::NotFound);
         assert_eq!(at(Some("localhost"), "/healthz", TLS), Route::Health);

@@ -1,34 +1,26 @@
 //! Assembles the Pingora server: one service per listener role, the
-//! certificate resolver, the PROXY protocol reader, the metrics listener
-//! and the upstream health checks; then runs it.
+//! accept gate, the certificate resolver, the metrics listener and the
+//! upstream health checks; then runs it.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::PreTlsProcess;
-use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use pingora::{Error, ErrorType};
-use tokio::io::AsyncReadExt;
 
+use crate::accept::AcceptGate;
 use crate::config::{Config, ListenerKind};
 use crate::connection::{open_connections, Guarded};
 use crate::health_checks::HealthChecks;
-use crate::limits::Limiter;
+use crate::limits::{self, Limiter};
 use crate::proxy::Visitord;
-use crate::proxy_protocol::{self, Parsed, ProxyHeader};
 use crate::services::{CertResolver, MetricsApp};
 use crate::snapshot::{Shared, Snapshot};
 
@@ -101,7 +93,16 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     server.bootstrap();
     let conf = server.configuration.clone();
     // One set of counters for every listener and every snapshot.
-    let limiter = Arc::new(Limiter::new());
+    let open_files = raise_open_file_limit();
+    let default_max = limits::max_connections_for(open_files);
+    let limiter = Arc::new(Limiter::new().with_default_max_connections(default_max));
+    log::info!(
+        "open-file limit {open_files}: limits.max_connections {}",
+        config
+            .limits
+            .max_connections
+            .map_or(format!("{default_max} (default)"), |n| n.to_string())
+    );
     let handler = |role: ListenerKind| -> Guarded<HttpProxy<Visitord>> {
         let mut proxy = http_proxy(&conf, Visitord::new(shared.clone(), role, limiter.clone()));
         proxy.server_options = Some(server_options(&config));
@@ -109,7 +110,8 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     };
 
     // Pingora's pre-TLS hook is per service (`Listeners`), so listeners
-    // that take the PROXY protocol get a service of their own.
+    // that take the PROXY protocol get a service of their own; every TLS
+    // service has the accept gate (connection caps, handshake deadline).
     for proxy_protocol in [false, true] {
         let tls_addrs: Vec<SocketAddr> = config
             .listeners
@@ -126,11 +128,13 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
             "visitord https"
         };
         let mut service = Service::new(name.to_owned(), handler(ListenerKind::Tls));
-        if proxy_protocol {
-            service
-                .endpoints()
-                .set_pre_tls_callback(Arc::new(ProxyProtocolReader));
-        }
+        service
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(AcceptGate::new(
+                shared.clone(),
+                limiter.clone(),
+                proxy_protocol,
+            )));
         for addr in &tls_addrs {
             let mut tls =
                 TlsSettings::intermediate("", "").map_err(|e| ServerError::Tls(e.to_string()))?;
@@ -252,69 +256,25 @@ fn keepalive_reuses(requests: u32) -> Option<u32> {
     requests.checked_sub(1)
 }
 
-/// How long a connection on a PROXY protocol listener may take to send its
-/// header. Balancers send it with the first packet.
-const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Reads the PROXY protocol header before the TLS handshake and makes its
-/// source address the connection's peer address, so `Session::client_addr`
-/// (hence the API, `X-Forwarded-For` and the trusted-proxy rules) sees the
-/// client the balancer accepted. A connection without a valid header is
-/// closed (the error ends the handshake).
-struct ProxyProtocolReader;
-
-#[async_trait]
-impl PreTlsProcess for ProxyProtocolReader {
-    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
-        let header = tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(stream))
-            .await
-            .or_else(|_| {
-                Error::e_explain(
-                    ErrorType::ReadTimedout,
-                    "waiting for the PROXY protocol header",
-                )
-            })??;
-        if let Some(source) = header.source {
-            // The digest made at accept has its peer address set once; a
-            // fresh one over the same socket carries the client instead
-            // (the local address is still read from the socket).
-            let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-            let _ = digest.peer_addr.set(Some(PeerAddr::Inet(source)));
-            stream.set_socket_digest(digest);
-        }
-        Ok(())
-    }
-}
-
-/// Reads exactly the header: bytes read past it (the ClientHello) are put
-/// back for the TLS handshake.
-async fn read_proxy_header(stream: &mut L4Stream) -> pingora::Result<ProxyHeader> {
-    let mut buf = vec![0u8; proxy_protocol::V2_MAX_LEN];
-    let mut filled = 0;
-    loop {
-        match proxy_protocol::parse(&buf[..filled]) {
-            Ok(Parsed::Complete(header)) => {
-                stream.rewind(&buf[header.len..filled]);
-                return Ok(header);
+/// Raises the soft open-file limit to the hard one, as nginx's
+/// `worker_rlimit_nofile` would, and returns the limit now in force: every
+/// connection, upstream connection and watched file takes a descriptor, and
+/// distributions start services at a soft 1024.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                log::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+                soft
             }
-            Ok(Parsed::Incomplete) => {}
-            Err(e) => return Error::e_explain(ErrorType::new("ProxyProtocolError"), e.to_string()),
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            log::warn!("cannot read the open-file limit: {e}; assuming 1024");
+            1024
         }
-        // `parse` refuses a header longer than the buffer before it fills.
-        if filled == buf.len() {
-            return Error::e_explain(ErrorType::new("ProxyProtocolError"), "header too long");
-        }
-        let n = stream
-            .read(&mut buf[filled..])
-            .await
-            .or_else(|e| Error::e_because(ErrorType::ReadError, "PROXY protocol header", e))?;
-        if n == 0 {
-            return Error::e_explain(
-                ErrorType::ConnectionClosed,
-                "closed before the PROXY protocol header ended",
-            );
-        }
-        filled += n;
     }
 }
 

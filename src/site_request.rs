@@ -28,6 +28,10 @@ pub struct SiteRequest {
     /// Whether the peer's own `Forwarded` header may pass.
     pub peer_trusted: bool,
     pub forwarded_host: Option<HeaderValue>,
+    /// `X-Real-IP`: the client address (nginx's convention).
+    pub real_ip: HeaderValue,
+    /// The site's `pass_underscore_headers`.
+    pub pass_underscore_headers: bool,
 }
 
 #[derive(Debug)]
@@ -52,8 +56,11 @@ pub fn decide(
         if facts.declares_body {
             return SiteDecision::Answer(answer::body_not_allowed());
         }
-        let per_minute = snap.config.limits.requests_per_minute_per_ip;
-        if let Err(refusal) = limiter.client_request(facts.client.ip, per_minute) {
+        let limits = &snap.config.limits;
+        if let Err(refusal) = limiter.client_request(
+            limits.client_prefixes.key(facts.client.ip),
+            limits.requests_per_minute_per_ip,
+        ) {
             return SiteDecision::Answer(answer::too_many_requests(refusal));
         }
     }
@@ -80,7 +87,66 @@ pub fn decide(
         ),
         peer_trusted: facts.peer_trusted,
         forwarded_host: facts.host_raw.and_then(|h| HeaderValue::from_bytes(h).ok()),
+        real_ip: HeaderValue::from_str(&facts.client.ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
+        pass_underscore_headers: site.config.pass_underscore_headers,
     }))
+}
+
+/// Headers visitord sets for the upstream itself: a client's copy, or a
+/// look-alike (`X_Forwarded_For`), is dropped.
+const SET_FOR_UPSTREAM: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// Headers that name the client's address or the original request, which
+/// applications behind other proxies believe; only a trusted proxy may
+/// send them on.
+const CLIENT_ADDRESS_HEADERS: [&str; 12] = [
+    "forwarded",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Whether a client's request header (a lower-case name) may reach the
+/// upstream. Servers that turn header names into variables (CGI, WSGI,
+/// Rack, PHP) read `_` as `-`, so `X_Visitor_Country` would arrive as
+/// visitord's `X-Visitor-Country` (the class of Puma's CVE-2024-45614):
+/// a name that equals one of visitord's headers with `_` read as `-` is
+/// always dropped, and every other name with `_` unless the site passes
+/// them (`pass_underscore_headers`, off by default, as in nginx).
+pub fn passes_to_upstream(name: &str, peer_trusted: bool, pass_underscore: bool) -> bool {
+    if !name.contains('_') {
+        return !name.starts_with(visitor::VISITOR_HEADER_PREFIX)
+            && !SET_FOR_UPSTREAM.contains(&name)
+            && (peer_trusted || !CLIENT_ADDRESS_HEADERS.contains(&name));
+    }
+    let prefix = visitor::VISITOR_HEADER_PREFIX;
+    let visitor_like = name.len() > prefix.len() && reads_as_prefix(name, prefix);
+    let ours = SET_FOR_UPSTREAM
+        .iter()
+        .chain(&CLIENT_ADDRESS_HEADERS)
+        .any(|h| name.len() == h.len() && reads_as_prefix(name, h));
+    pass_underscore && !visitor_like && !ours
+}
+
+/// Whether `name` starts with `prefix` when `_` is read as `-`.
+fn reads_as_prefix(name: &str, prefix: &str) -> bool {
+    name.bytes()
+        .zip(prefix.bytes())
+        .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
 }
 
 /// A site's same-origin API (`[[site]] api_path`): the site binding is the
@@ -161,6 +227,47 @@ mod tests {
             decide_for("GET", 1, false, "127.0.0.1", "8.8.8.8"),
             SiteDecision::Proxy(_)
         ));
+    }
+
+    #[test]
+    fn only_headers_the_upstream_can_trust_pass() {
+        let cases: &[(&str, bool, bool, bool)] = &[
+            // name, from a trusted peer, pass_underscore_headers, passes
+            ("accept", false, false, true),
+            ("cookie", false, false, true),
+            ("x-visitor-country", true, true, false),
+            ("x-visitor-anything", true, true, false),
+            ("x_visitor_country", true, true, false),
+            ("x-visitor_city", true, true, false),
+            ("x_forwarded_for", true, true, false),
+            ("x_forwarded_host", true, true, false),
+            ("x_forwarded_proto", true, true, false),
+            ("x_real_ip", true, true, false),
+            ("true_client_ip", true, true, false),
+            ("x-real-ip", false, false, false),
+            ("x-real-ip", true, false, false),
+            ("x-forwarded-for", true, false, false),
+            ("x-client-ip", false, false, false),
+            ("true-client-ip", false, false, false),
+            ("cf-connecting-ip", false, false, false),
+            ("x-forwarded-port", false, false, false),
+            ("x-original-url", false, false, false),
+            ("x-rewrite-url", false, false, false),
+            ("forwarded", false, false, false),
+            ("cf-connecting-ip", true, false, true),
+            ("forwarded", true, false, true),
+            ("x-original-url", true, false, true),
+            ("my_header", false, false, false),
+            ("my_header", false, true, true),
+            ("x-visitorcountry", false, false, true),
+        ];
+        for &(name, trusted, underscore, passes) in cases {
+            assert_eq!(
+                passes_to_upstream(name, trusted, underscore),
+                passes,
+                "{name} trusted={trusted} underscore={underscore}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! - the `use crate::…` graph has a cycle (sideways imports are allowed
 //!   only while they stay acyclic),
 //! - a Pingora type is named outside the Pingora layer (`proxy`,
-//!   `connection`, `health_checks`, `services`, `server`, `main`, and
+//!   `accept`, `connection`, `health_checks`, `services`, `server`, `main`, and
 //!   `upstream`, whose peer templates are Pingora's `HttpPeer`).
 //!
 //! `pingora_limits` (a count-min sketch and an in-flight counter, no
@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("proxy_protocol", 0),
     ("logging", 0),
     ("systemd", 0),
+    ("request_head", 0),
     // L1: the serde surface and the typed configuration.
     ("config", 1),
     // L2: values built from configuration and data.
@@ -50,6 +51,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("site_request", 4),
     // L5: Pingora glue.
     ("proxy", 5),
+    ("accept", 5),
     ("connection", 5),
     ("health_checks", 5),
     ("reload", 5),
@@ -61,6 +63,7 @@ const LAYERS: &[(&str, u8)] = &[
 
 const PINGORA_MODULES: &[&str] = &[
     "proxy",
+    "accept",
     "connection",
     "health_checks",
     "services",

@@ -24,6 +24,7 @@ pub use raw::{ConfigError, UnknownCountry};
 pub use site::{CountryRule, SiteConfig, Timeouts, UpstreamAddr};
 
 use crate::client_ip::TrustedProxies;
+use crate::limits::ClientPrefixes;
 use raw::{parse_toml, read, RawConfig, RawLimits, RawListen, RawTls};
 
 /// `visitord.toml`, validated, with every path resolved from the file's folder.
@@ -60,6 +61,16 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Requests served on one HTTP/1 connection before it is closed.
     pub keepalive_requests: u32,
+    /// Open connections in all, counted from accept (before TLS); `None`:
+    /// sized from the open-file limit at start (`limits::max_connections_for`).
+    pub max_connections: Option<u32>,
+    /// Time allowed from accept to a finished TLS handshake (the PROXY
+    /// protocol header included).
+    pub tls_handshake_timeout: Duration,
+    /// Which addresses count as one client for the per-client limits.
+    pub client_prefixes: ClientPrefixes,
+    /// Longest HTTP/1 request head (request line and headers), in bytes.
+    pub max_request_head: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -343,12 +354,56 @@ fn limits(file: &Path, raw: &RawLimits) -> Result<Limits, ConfigError> {
             return Err(ConfigError::invalid(file, key, "longer than 1h"));
         }
     }
+    if raw.tls_handshake_timeout.is_zero() || raw.tls_handshake_timeout > Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            file,
+            "limits.tls_handshake_timeout",
+            "must be more than 0s and at most 60s",
+        ));
+    }
+    if raw.ipv4_prefix > 32 {
+        return Err(ConfigError::invalid(
+            file,
+            "limits.ipv4_prefix",
+            "must be 0 to 32",
+        ));
+    }
+    if raw.ipv6_prefix > 128 {
+        return Err(ConfigError::invalid(
+            file,
+            "limits.ipv6_prefix",
+            "must be 0 to 128",
+        ));
+    }
+    if raw.max_connections == Some(0) {
+        return Err(ConfigError::invalid(
+            file,
+            "limits.max_connections",
+            "0 would refuse every connection (leave it out for the default)",
+        ));
+    }
+    // Smaller than a request line with a few headers is a typo; Pingora
+    // reads at most 1 MiB anyway.
+    if !(1024..=1024 * 1024).contains(&raw.max_request_head) {
+        return Err(ConfigError::invalid(
+            file,
+            "limits.max_request_head",
+            "must be 1024 to 1048576 bytes",
+        ));
+    }
     Ok(Limits {
         requests_per_minute_per_ip: raw.requests_per_minute_per_ip,
         max_connections_per_ip: raw.max_connections_per_ip,
         request_header_timeout: raw.request_header_timeout,
         keepalive_timeout: raw.keepalive_timeout,
         keepalive_requests: raw.keepalive_requests,
+        max_connections: raw.max_connections,
+        tls_handshake_timeout: raw.tls_handshake_timeout,
+        client_prefixes: ClientPrefixes {
+            v4: raw.ipv4_prefix,
+            v6: raw.ipv6_prefix,
+        },
+        max_request_head: raw.max_request_head as usize,
     })
 }
 

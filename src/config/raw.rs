@@ -84,6 +84,16 @@ pub(super) struct RawLimits {
     pub(super) keepalive_timeout: Duration,
     #[serde(default = "default_keepalive_requests")]
     pub(super) keepalive_requests: u32,
+    #[serde(default)]
+    pub(super) max_connections: Option<u32>,
+    #[serde(default = "default_tls_handshake_timeout", with = "humantime_serde")]
+    pub(super) tls_handshake_timeout: Duration,
+    #[serde(default = "default_ipv4_prefix")]
+    pub(super) ipv4_prefix: u8,
+    #[serde(default = "default_ipv6_prefix")]
+    pub(super) ipv6_prefix: u8,
+    #[serde(default = "default_max_request_head")]
+    pub(super) max_request_head: u32,
 }
 
 impl Default for RawLimits {
@@ -94,6 +104,11 @@ impl Default for RawLimits {
             request_header_timeout: default_request_header_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
+            max_connections: None,
+            tls_handshake_timeout: default_tls_handshake_timeout(),
+            ipv4_prefix: default_ipv4_prefix(),
+            ipv6_prefix: default_ipv6_prefix(),
+            max_request_head: default_max_request_head(),
         }
     }
 }
@@ -120,6 +135,30 @@ fn default_keepalive_timeout() -> Duration {
 
 fn default_keepalive_requests() -> u32 {
     1000
+}
+
+/// A browser finishes a handshake in one or two round trips; ten seconds
+/// covers a slow mobile network and cuts a silent connection five times
+/// sooner than Pingora's own 60 s.
+fn default_tls_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// One address is one client.
+fn default_ipv4_prefix() -> u8 {
+    32
+}
+
+/// A /64 is one subscriber's network (RFC 6177): anyone who has one has
+/// 2^64 addresses, so per-address limits would be no limits.
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+
+/// 32 KiB: nginx's default large_client_header_buffers (4 x 8k) holds a
+/// head of that size; browsers send 1-2 KiB.
+fn default_max_request_head() -> u32 {
+    32 * 1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +336,8 @@ pub(super) struct RawSite {
     pub(super) deny_countries: Option<Vec<String>>,
     #[serde(default)]
     pub(super) unknown_country: UnknownCountry,
+    #[serde(default)]
+    pub(super) pass_underscore_headers: bool,
 }
 
 fn default_connect_timeout() -> Duration {

@@ -140,6 +140,10 @@ pub struct SiteConfig {
     /// Same-origin API mount.
     pub api_path: Option<ApiPath>,
     pub countries: CountryRule,
+    /// Pass client headers whose names contain `_` to the upstream (nginx's
+    /// `underscores_in_headers`); look-alikes of visitord's own headers
+    /// are dropped either way.
+    pub pass_underscore_headers: bool,
 }
 
 impl SiteConfig {
@@ -306,6 +310,7 @@ fn parse_site(
             list,
             unknown: raw.unknown_country,
         },
+        pass_underscore_headers: raw.pass_underscore_headers,
     })
 }
 

@@ -3,6 +3,7 @@
 //! made with rcgen, and databases made by `mmdb::MmdbWriter`.
 #![allow(dead_code)]
 
+pub mod attack;
 pub mod mmdb;
 pub mod upstream;
 

@@ -1,0 +1,483 @@
+//! What an outside attack pass found (issue "[hardening-2]"), each closed:
+//! connections held in the TLS handshake, IPv6 addresses picked from a /64,
+//! look-alike and client-address headers toward upstreams, huge request
+//! heads, invalid hosts, client-caused error lines, a log loop at trace
+//! level, pipelined requests. The attacker is 127.45.67.89, a legitimate
+//! client 127.0.0.2; every flood is bounded in count and time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::attack::{attacker, client, h2_rapid_reset, scanner_burst, tls_from};
+use common::upstream::{Echo, Upstream};
+use common::{connect_from, eventually, raw_status, raw_tls, Options, Server};
+
+fn with_limits(limits: &str) -> Options {
+    Options {
+        extra: format!("\n[limits]\n{limits}\n"),
+        ..Options::default()
+    }
+}
+
+/// A value of the Prometheus exposition, 0 when the series is absent.
+fn metric(s: &Server, series: &str) -> f64 {
+    s.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn open_files(s: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .unwrap()
+        .count()
+}
+
+/// One API request over a fresh TLS connection from `bind`: its status.
+fn api_from(s: &Server, bind: std::net::IpAddr) -> Option<u16> {
+    let mut tls = tls_from(s.https, &s.ca, bind).ok()?;
+    tls.write_all(
+        b"GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\nConnection: close\r\n\r\n",
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    raw_status(&out)
+}
+
+/// Silent TCP connections from the attacker: `n` of them, opened at once.
+fn silent(s: &Server, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| connect_from(s.https, Some(attacker())))
+        .collect()
+}
+
+/// Whether the server has closed `tcp` (a read ends, rather than timing out).
+fn closed_by_server(tcp: &mut TcpStream) -> bool {
+    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    match tcp.read(&mut [0u8; 16]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// 1,500 silent connections from one address once held 1,500 descriptors
+/// for a minute. Now the per-client cap counts them from accept, the rest
+/// are closed at once, and the handshake deadline ends the ones admitted.
+#[test]
+fn silent_connections_are_capped_at_accept_and_cut_at_the_handshake_deadline() {
+    let s = Server::with(with_limits(
+        "max_connections_per_ip = 20\ntls_handshake_timeout = \"2s\"",
+    ));
+    let before = open_files(&s);
+    let mut held = silent(&s, 150);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            metric(&s, "visitord_rate_limited_total{reason=\"connections\"}") >= 130.0
+        }),
+        "{}",
+        s.metrics_text()
+    );
+    let during = open_files(&s);
+    assert!(
+        during <= before + 20 + 10,
+        "{during} open files with 150 silent connections (was {before})"
+    );
+    // Another client is served meanwhile.
+    assert_eq!(api_from(&s, client()), Some(200));
+    // The admitted ones are cut at the handshake deadline.
+    let cut = eventually(Duration::from_secs(10), || {
+        metric(
+            &s,
+            "visitord_closed_connections_total{reason=\"handshake_timeout\"}",
+        ) >= 20.0
+    });
+    assert!(cut, "{}", s.metrics_text());
+    let closed = held.iter_mut().map(closed_by_server).filter(|&c| c).count();
+    assert_eq!(closed, held.len(), "every silent connection is closed");
+    assert!(eventually(Duration::from_secs(5), || open_files(&s) <= before + 2));
+    // The attacker's place is free again.
+    assert_eq!(api_from(&s, attacker()), Some(200));
+    let logs = s.logs();
+    assert!(
+        !logs.contains(" ERROR ") && !logs.contains(" WARN "),
+        "{logs}"
+    );
+}
+
+/// The server cap counts every connection from accept, whoever opens it.
+#[test]
+fn the_server_cap_counts_connections_before_tls() {
+    let s = Server::with(with_limits(
+        "max_connections = 10\ntls_handshake_timeout = \"2s\"",
+    ));
+    let before = open_files(&s);
+    let held = silent(&s, 10);
+    // Each is counted in its own task, right after accept.
+    assert!(eventually(Duration::from_secs(5), || open_files(&s) >= before + 10));
+    let refused = api_from(&s, client());
+    assert_eq!(refused, None, "{}", s.logs());
+    assert!(
+        metric(
+            &s,
+            "visitord_rate_limited_total{reason=\"server_connections\"}"
+        ) >= 1.0
+    );
+    // Once the deadline has closed the silent ones, clients are served.
+    assert!(
+        eventually(Duration::from_secs(10), || api_from(&s, client())
+            == Some(200)),
+        "{}",
+        s.logs()
+    );
+    drop(held);
+}
+
+/// Whoever holds an IPv6 /64 holds 2^64 addresses: the /64 is the client.
+#[test]
+fn an_ipv6_slash_64_is_one_client() {
+    let s = Server::with(with_limits("requests_per_minute_per_ip = 5"));
+    let from = |ip: &str| {
+        s.api(
+            "?pid=demo",
+            &[("Origin", "https://example.com"), ("X-Forwarded-For", ip)],
+        )
+        .status
+    };
+    for n in 1..=5 {
+        assert_eq!(from(&format!("2001:db8:1:2::{n:x}")), 200);
+    }
+    assert_eq!(from("2001:db8:1:2:dead:beef:0:1"), 429);
+    assert_eq!(
+        from("2001:db8:1:3::1"),
+        200,
+        "the next /64 is another client"
+    );
+    // Per address when configured so.
+    let s = Server::with(with_limits(
+        "requests_per_minute_per_ip = 5\nipv6_prefix = 128",
+    ));
+    let from = |ip: &str| {
+        s.api(
+            "?pid=demo",
+            &[("Origin", "https://example.com"), ("X-Forwarded-For", ip)],
+        )
+        .status
+    };
+    for n in 1..=8 {
+        assert_eq!(from(&format!("2001:db8:1:2::{n:x}")), 200);
+    }
+}
+
+fn site_server(up: &Upstream, site_extra: &str, trusted: Vec<String>) -> Server {
+    Server::with(Options {
+        extra: format!(
+            "\n[[site]]\nhosts = [\"site.example.com\"]\nupstreams = [\"{}\"]\n{site_extra}\n",
+            up.addr
+        ),
+        trusted_proxies: trusted,
+        ..Options::default()
+    })
+}
+
+fn through_site(s: &Server, headers: &[(&str, &str)]) -> Echo {
+    let mut req = s
+        .client_for(&["site.example.com"])
+        .get(format!("https://site.example.com:{}/", s.https.port()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = common::Reply::from(req.send().unwrap());
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+const SPOOFED: [(&str, &str); 14] = [
+    ("X_Visitor_Country", "KP"),
+    ("X-Visitor_City", "Pyongyang"),
+    ("X_Forwarded_For", "6.6.6.6"),
+    ("X_Forwarded_Host", "evil.example"),
+    ("X_Forwarded_Proto", "http"),
+    ("X-Real-IP", "6.6.6.6"),
+    ("X-Client-IP", "6.6.6.6"),
+    ("True-Client-IP", "6.6.6.6"),
+    ("CF-Connecting-IP", "6.6.6.6"),
+    ("X-Forwarded-Port", "1"),
+    ("X-Original-URL", "/admin"),
+    ("X-Rewrite-URL", "/admin"),
+    ("X_Real_IP", "6.6.6.6"),
+    ("my_header", "1"),
+];
+
+/// A WSGI/CGI-style upstream reads `_` as `-`: look-alikes of visitord's
+/// headers must never reach it, nor client-address headers from a client
+/// that is no trusted proxy.
+#[test]
+fn upstreams_never_see_look_alikes_or_an_untrusted_clients_address_headers() {
+    let up = Upstream::start("a");
+    let s = site_server(&up, "", vec![]);
+    let e = through_site(&s, &SPOOFED);
+    for (name, value) in SPOOFED {
+        let arrived = e.all(name);
+        let normalised = name.to_ascii_lowercase().replace('_', "-");
+        let as_wsgi = e
+            .headers
+            .iter()
+            .filter(|(n, _)| n.replace('_', "-") == normalised)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>();
+        assert!(
+            !arrived.contains(&value) && !as_wsgi.contains(&value),
+            "{name}={value} reached the upstream: {:?}",
+            e.headers
+        );
+    }
+    assert!(
+        e.headers.iter().all(|(n, _)| !n.contains('_')),
+        "{:?}",
+        e.headers
+    );
+    assert_eq!(e.one("x-real-ip"), "127.0.0.1");
+    assert_eq!(e.one("x-forwarded-for"), "127.0.0.1");
+    assert_eq!(
+        e.one("x-visitor-country"),
+        "NL",
+        "the fixture maps 127/8 to NL"
+    );
+    assert_eq!(e.one("x-forwarded-proto"), "https");
+    assert_eq!(
+        e.one("x-forwarded-host").split(':').next(),
+        Some("site.example.com")
+    );
+}
+
+#[test]
+fn underscore_headers_pass_when_a_site_allows_them_but_look_alikes_never() {
+    let up = Upstream::start("a");
+    let s = site_server(&up, "pass_underscore_headers = true", vec![]);
+    let e = through_site(&s, &SPOOFED);
+    assert_eq!(e.one("my_header"), "1");
+    for name in [
+        "x_visitor_country",
+        "x-visitor_city",
+        "x_forwarded_for",
+        "x_real_ip",
+    ] {
+        assert!(e.all(name).is_empty(), "{name}: {:?}", e.headers);
+    }
+}
+
+#[test]
+fn a_trusted_proxy_may_pass_client_address_headers() {
+    let up = Upstream::start("a");
+    let s = site_server(&up, "", vec!["127.0.0.1/32".into()]);
+    let e = through_site(
+        &s,
+        &[
+            ("CF-Connecting-IP", "81.2.69.142"),
+            ("X-Forwarded-For", "81.2.69.142"),
+            ("X-Real-IP", "6.6.6.6"),
+        ],
+    );
+    assert_eq!(e.one("cf-connecting-ip"), "81.2.69.142");
+    assert_eq!(
+        e.one("x-real-ip"),
+        "81.2.69.142",
+        "ours: the client behind the proxy"
+    );
+}
+
+/// Pingora reads heads of up to 1 MiB; visitord stops at
+/// `limits.max_request_head` and answers 431 with the JSON envelope.
+#[test]
+fn request_heads_over_the_limit_get_431() {
+    let s = Server::with(with_limits("max_request_head = 16384"));
+    let head = |pad: usize| {
+        format!(
+            "GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(pad)
+        )
+    };
+    let ok = raw_tls(
+        s.https,
+        &s.ca,
+        None,
+        head(8 * 1024).as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(raw_status(&ok), Some(200));
+    for pad in [17 * 1024, 70 * 1024] {
+        let out = raw_tls(
+            s.https,
+            &s.ca,
+            None,
+            head(pad).as_bytes(),
+            Duration::from_secs(5),
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(raw_status(&out), Some(431), "{pad}: {text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["status"], 431);
+        assert!(v["data"].is_null());
+    }
+    // Trickled in small writes, the same.
+    let mut tls = tls_from(s.https, &s.ca, client()).unwrap();
+    let text = head(20 * 1024);
+    let mut out = Vec::new();
+    for chunk in text.as_bytes().chunks(1024) {
+        if tls.write_all(chunk).and_then(|()| tls.flush()).is_err() {
+            break;
+        }
+    }
+    let _ = tls.read_to_end(&mut out);
+    assert_eq!(raw_status(&out), Some(431));
+    assert!(
+        metric(
+            &s,
+            "visitord_closed_connections_total{reason=\"head_too_large\"}"
+        ) >= 3.0
+    );
+}
+
+#[test]
+fn invalid_hosts_are_refused_with_400() {
+    let up = Upstream::start("a");
+    let s = Server::with(Options {
+        extra: format!(
+            "\n[[site]]\nhosts = [\"*.wild.test\"]\nupstreams = [\"{}\"]\n",
+            up.addr
+        ),
+        ..Options::default()
+    });
+    for host in [
+        ".wild.test",
+        "a..wild.test",
+        "evil.test!",
+        "[::1",
+        "x.wild.test:99999",
+    ] {
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let out = raw_tls(
+            s.https,
+            &s.ca,
+            None,
+            request.as_bytes(),
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            raw_status(&out),
+            Some(400),
+            "{host}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        let text = String::from_utf8_lossy(&out);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
+            assert_eq!(v["status"], 400, "{host}");
+        }
+    }
+    assert_eq!(up.requests(), 0, "no invalid host reached the site");
+    let request = b"GET / HTTP/1.1\r\nHost: a.wild.test\r\nConnection: close\r\n\r\n";
+    let out = raw_tls(s.https, &s.ca, None, request, Duration::from_secs(5));
+    assert_eq!(raw_status(&out), Some(200));
+}
+
+/// A scanned server's log must not be a wall of errors: everything a
+/// client does is logged at info or below.
+#[test]
+fn scanners_and_floods_leave_no_warn_or_error_line() {
+    let s = Server::with(with_limits(
+        "request_header_timeout = \"1s\"\ntls_handshake_timeout = \"2s\"\nmax_connections_per_ip = 30",
+    ));
+    scanner_burst(s.https, s.http, &s.ca, Duration::from_secs(1));
+    h2_rapid_reset(s.https, &s.ca, attacker(), 200);
+    let held = silent(&s, 40);
+    // Until the handshake deadline has closed the silent connections.
+    assert!(eventually(Duration::from_secs(10), || {
+        metric(
+            &s,
+            "visitord_closed_connections_total{reason=\"handshake_timeout\"}",
+        ) >= 1.0
+    }));
+    drop(held);
+    assert_eq!(api_from(&s, client()), Some(200));
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = s.logs();
+    let loud: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        loud.is_empty(),
+        "{} loud lines:\n{}",
+        loud.len(),
+        loud.join("\n")
+    );
+    assert!(s.try_status().is_none(), "visitord died:\n{logs}");
+}
+
+/// With the log file in a watched folder, each trace line of the file
+/// watcher was a new file event, and each event a new line: 229 MB in 5 s.
+#[test]
+fn trace_logging_beside_watched_files_does_not_feed_itself() {
+    let s = Server::with(Options {
+        rust_log: "trace",
+        ..Options::default()
+    });
+    let log = s.path("visitord.log");
+    assert!(s.logs().contains("TRACE"), "not at trace level");
+    let size = || std::fs::metadata(&log).unwrap().len();
+    let start = size();
+    std::thread::sleep(Duration::from_secs(3));
+    let grown = size() - start;
+    assert!(
+        grown < 1024 * 1024,
+        "an idle server wrote {grown} bytes of log in 3 s"
+    );
+    // And it still reloads on a real change.
+    let projects = s.path("projects.toml");
+    let text = std::fs::read_to_string(&projects).unwrap();
+    std::fs::write(&projects, format!("{text}\n")).unwrap();
+    assert!(eventually(Duration::from_secs(10), || s
+        .logs()
+        .contains("reloaded on file change")));
+}
+
+/// Pipelined HTTP/1.1 requests are answered in order, as nginx does.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = Server::start();
+    let mut tls = tls_from(s.https, &s.ca, client()).unwrap();
+    let one =
+        "GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\n\r\n";
+    let two = "GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let three = "GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\nConnection: close\r\n\r\n";
+    tls.write_all(format!("{one}{two}{three}").as_bytes())
+        .unwrap();
+    tls.flush().unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 8192];
+    while Instant::now() < deadline {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "404", "200"], "{text}");
+}
