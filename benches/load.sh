@@ -17,6 +17,9 @@
 # usage: benches/load.sh          build, fetch the database if needed, run
 #        benches/load.sh fetch    only fetch the database into .bench-cache/
 # environment: ROUNDS (3) DURATION (10s) CONNECTIONS (32) THREADS (2)
+#   VISITORD_BASELINE=path/to/another/visitord adds that build as a fourth
+#   server ("baseline", same configuration and database) for a before/after
+#   ratio measured in the same run
 #   SKIP_BUILD=1 uses the existing release build; KEEP_RUN=1 keeps the run
 #   folder (configs, logs, wrk output); VISITORD_BENCH_DB_DIR overrides
 #   .bench-cache/.
@@ -169,6 +172,13 @@ cert=$run/tls/localhost.crt key=$run/tls/localhost.key
 
 RUST_LOG=warn "$visitord" run --config "$run/visitord.toml" >"$run/visitord.log" 2>&1 &
 vpid=$!; pids+=("$vpid")
+if [ -n "${VISITORD_BASELINE:-}" ]; then
+  free_port; blport=$port_out; free_port; blmport=$port_out
+  sed -e "s/127.0.0.1:$vport/127.0.0.1:$blport/" -e "s/127.0.0.1:$mport/127.0.0.1:$blmport/" \
+    "$run/visitord.toml" >"$run/baseline.toml"
+  RUST_LOG=warn "$VISITORD_BASELINE" run --config "$run/baseline.toml" >"$run/baseline.log" 2>&1 &
+  blpid=$!; pids+=("$blpid")
+fi
 "$bare" "$cert" "$key" "127.0.0.1:$bport" "$threads" >"$run/bare.log" 2>&1 &
 bpid=$!; pids+=("$bpid")
 if [ $have_nginx = 1 ]; then
@@ -183,6 +193,11 @@ url[bare]="https://127.0.0.1:$bport/api/?pid=shop"; pidof[bare]=$bpid
 if [ $have_nginx = 1 ]; then
   servers=(visitord nginx bare)
   url[nginx]="https://127.0.0.1:$nport/api/?pid=shop"; pidof[nginx]=$npid
+fi
+if [ -n "${VISITORD_BASELINE:-}" ]; then
+  servers+=(baseline)
+  url[baseline]="https://127.0.0.1:$blport/api/?pid=shop"; pidof[baseline]=$blpid
+  wait_ready "https://127.0.0.1:$blport/readyz" baseline
 fi
 wait_ready "https://127.0.0.1:$vport/readyz" visitord
 wait_ready "${url[bare]}" bare
@@ -286,9 +301,16 @@ echo
 if [ $have_nginx = 1 ]; then
   echo "visitord / nginx req/s:   $(ratio "${rps[visitord]}" "${rps[nginx]}")  (goal >= 1.00)"
 fi
-echo "visitord / bare req/s:    $(ratio "${rps[visitord]}" "${rps[bare]}")  (goal >= 0.90)"
+echo "visitord / bare req/s:    $(ratio "${rps[visitord]}" "${rps[bare]}")  (goal >= 0.95)"
+echo "visitord / bare CPU:      $(ratio "${cpu[visitord]}" "${cpu[bare]}")"
 if [ $have_nginx = 1 ]; then
-  echo "visitord / nginx p99:     $(ratio "${p99[visitord]}" "${p99[nginx]}")  (goal <= 1.20)"
+  echo "visitord / nginx CPU:     $(ratio "${cpu[visitord]}" "${cpu[nginx]}")  (goal <= 1.00)"
+fi
+if [ -n "${VISITORD_BASELINE:-}" ]; then
+  echo "visitord / baseline req/s: $(ratio "${rps[visitord]}" "${rps[baseline]}");  CPU: $(ratio "${cpu[visitord]}" "${cpu[baseline]}")"
+fi
+if [ $have_nginx = 1 ]; then
+  echo "visitord / nginx p99:     $(ratio "${p99[visitord]}" "${p99[nginx]}")  (goal <= 1.00)"
 fi
 awk -v rss="$rss_kb" -v db="$db_bytes" 'BEGIN {
   printf "visitord RSS after load:  %.1f MiB; databases %.1f MiB; RSS - databases %.1f MiB  (goal <= 64)\n",
