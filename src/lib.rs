@@ -5,8 +5,8 @@
 //! `respond`. Modules are layered; each imports only from layers below it
 //! (`tests/architecture.rs` keeps it so):
 //!
-//! - L0 leaves: `json country agent geo limits metrics host origin
-//!   client_ip proxy_protocol logging systemd`
+//! - L0 leaves: `json country agent geo limits project_counts metrics host
+//!   origin client_ip proxy_protocol logging systemd`
 //! - L1 `config`: the serde surface and the typed configuration
 //! - L2 values built from configuration and data: `answer visitor query
 //!   tls sites upstream`
@@ -32,6 +32,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
+pub mod project_counts;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod query;

@@ -17,6 +17,10 @@
 //! Windows are fixed minutes: a client can send up to twice its limit
 //! across a window boundary, and `Retry-After` names the end of the current
 //! window.
+//!
+//! Projects are few and named in configuration, so they are counted
+//! exactly, per wall-clock minute, in `project_counts`; with `[limits]
+//! shared_store` those counts add up across a fleet.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -25,14 +29,13 @@ use std::time::{Duration, Instant};
 use pingora_limits::inflight::{Guard, Inflight};
 use pingora_limits::rate::Rate;
 
+use crate::project_counts::{self, ProjectCounts};
+
 const WINDOW: Duration = Duration::from_secs(60);
 /// Counters per sketch row for client addresses (two sketches, for this
 /// window and the last, of `IP_ROWS` rows: 2 MiB in all).
 pub const IP_SLOTS: usize = 65_536;
 const IP_ROWS: usize = 2;
-/// Projects are few and named in configuration.
-const PROJECT_SLOTS: usize = 1024;
-const PROJECT_ROWS: usize = 4;
 
 /// Which limit a request ran into (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +67,12 @@ pub struct Refusal {
 /// the configuration of the snapshot a request runs on.
 pub struct Limiter {
     clients: Rate,
-    projects: Rate,
+    projects: ProjectCounts,
     connections: Inflight,
     started: Instant,
     window: Duration,
+    /// Time since the Unix epoch: project windows are wall-clock minutes.
+    clock: fn() -> Duration,
 }
 
 impl Default for Limiter {
@@ -85,10 +90,21 @@ impl Limiter {
     fn with_window(window: Duration) -> Limiter {
         Limiter {
             clients: Rate::new_with_estimator_config(window, IP_ROWS, IP_SLOTS),
-            projects: Rate::new_with_estimator_config(window, PROJECT_ROWS, PROJECT_SLOTS),
+            projects: ProjectCounts::new(),
             connections: Inflight::new(),
             started: Instant::now(),
             window,
+            clock: since_epoch,
+        }
+    }
+
+    /// A limiter whose clock stands still at `clock()` (tests: no window
+    /// ends in the middle of one).
+    #[cfg(test)]
+    pub(crate) fn with_clock(clock: fn() -> Duration) -> Limiter {
+        Limiter {
+            clock,
+            ..Limiter::new()
         }
     }
 
@@ -98,9 +114,35 @@ impl Limiter {
         self.count(&self.clients, &client, per_minute, Exceeded::ClientRate)
     }
 
-    /// Counts one request for `project`; refuses it above `per_minute`.
+    /// Counts one request for `project`; refuses it, uncounted, once the
+    /// project's count this minute (the fleet's, with a shared store) is at
+    /// `per_minute` (0: no limit, nothing counted).
     pub fn project_request(&self, project: &str, per_minute: u32) -> Result<(), Refusal> {
-        self.count(&self.projects, &project, per_minute, Exceeded::ProjectRate)
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let now = (self.clock)();
+        if self
+            .projects
+            .admit(project, per_minute, project_counts::window_at(now))
+        {
+            Ok(())
+        } else {
+            Err(Refusal {
+                exceeded: Exceeded::ProjectRate,
+                retry_after: project_counts::rest_of_window(now).max(Duration::from_secs(1)),
+            })
+        }
+    }
+
+    /// The per-project counts (the shared-store sync reads and updates them).
+    pub fn projects(&self) -> &ProjectCounts {
+        &self.projects
+    }
+
+    /// The current project window.
+    pub fn project_window(&self) -> project_counts::Window {
+        project_counts::window_at((self.clock)())
     }
 
     fn count<K: Hash>(
@@ -150,6 +192,13 @@ impl Limiter {
         let rest = Duration::from_millis((window - into) as u64);
         rest.max(Duration::from_secs(1))
     }
+}
+
+/// Time since the Unix epoch (0 for a clock set before it).
+fn since_epoch() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// `Retry-After` in whole seconds, rounded up.
@@ -204,16 +253,17 @@ mod tests {
     }
 
     #[test]
-    fn project_limit_is_per_project() {
-        let l = Limiter::new();
+    fn project_limit_is_per_project_and_minute() {
+        // 25 s into a minute.
+        let l = Limiter::with_clock(|| Duration::from_secs(1_740_000_025));
         for _ in 0..3 {
             assert!(l.project_request("a", 3).is_ok());
         }
-        assert_eq!(
-            l.project_request("a", 3).unwrap_err().exceeded,
-            Exceeded::ProjectRate
-        );
+        let refusal = l.project_request("a", 3).unwrap_err();
+        assert_eq!(refusal.exceeded, Exceeded::ProjectRate);
+        assert_eq!(refusal.retry_after, Duration::from_secs(35));
         assert!(l.project_request("b", 3).is_ok());
+        assert_eq!(l.projects().counts("a", l.project_window()), (3, 0));
     }
 
     #[test]

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("agent", 0),
     ("geo", 0),
     ("limits", 0),
+    ("project_counts", 0),
     ("metrics", 0),
     ("host", 0),
     ("origin", 0),
