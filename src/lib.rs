@@ -9,10 +9,11 @@
 //!   origin client_ip proxy_protocol logging systemd`
 //! - L1 `config`: the serde surface and the typed configuration
 //! - L2 values built from configuration and data: `answer visitor query
-//!   tls sites upstream`
+//!   tls sites upstream shared_store`
 //! - L3 `snapshot`: one immutable world
 //! - L4 decisions: `route api site_request`
-//! - L5 Pingora glue: `proxy connection health_checks reload services`
+//! - L5 Pingora glue: `proxy connection health_checks reload services
+//!   store_sync`
 //! - L6 `server` (and the `visitord` binary)
 //!
 //! Pingora types are named only in L5, L6 and `upstream`.
@@ -40,9 +41,11 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod services;
+pub mod shared_store;
 pub mod site_request;
 pub mod sites;
 pub mod snapshot;
+pub mod store_sync;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;

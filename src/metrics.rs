@@ -24,6 +24,9 @@ pub struct Metrics {
     pub geo_build: IntGaugeVec,
     pub cert_expiry: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    pub shared_store_errors: IntCounter,
+    pub shared_store_syncs: IntCounter,
+    pub shared_store_up: IntGauge,
 }
 
 /// The process-wide metrics. Creating them cannot fail for the fixed,
@@ -33,6 +36,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
 }
@@ -111,6 +120,22 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let shared_store_errors = plain_counter(
+            &registry,
+            "visitord_shared_store_errors_total",
+            "Failed connections to and exchanges with the shared store (project limits then count on this node).",
+        );
+        let shared_store_syncs = plain_counter(
+            &registry,
+            "visitord_shared_store_syncs_total",
+            "Exchanges of project counts with the shared store that succeeded.",
+        );
+        let shared_store_up = IntGauge::new(
+            "visitord_shared_store_up",
+            "1 while the last exchange with the shared store succeeded, else 0 (also without one).",
+        )
+        .unwrap_or_else(|e| unreachable!("gauge: {e}"));
+        let _ = registry.register(Box::new(shared_store_up.clone()));
         Metrics {
             registry,
             requests,
@@ -122,6 +147,9 @@ impl Metrics {
             geo_build,
             cert_expiry,
             build_info,
+            shared_store_errors,
+            shared_store_syncs,
+            shared_store_up,
         }
     }
 
@@ -376,6 +404,9 @@ mod tests {
             "visitord_reloads_total",
             "visitord_snapshot_generation",
             "visitord_build_info",
+            "visitord_shared_store_errors_total",
+            "visitord_shared_store_syncs_total",
+            "visitord_shared_store_up",
         ] {
             assert!(families.contains(name), "{name} missing from\n{text}");
         }

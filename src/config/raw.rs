@@ -84,6 +84,13 @@ pub(super) struct RawLimits {
     pub(super) keepalive_timeout: Duration,
     #[serde(default = "default_keepalive_requests")]
     pub(super) keepalive_requests: u32,
+    /// `""`: no shared store, project limits count per node.
+    #[serde(default)]
+    pub(super) shared_store: String,
+    #[serde(default)]
+    pub(super) shared_store_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) shared_store_ca: Option<PathBuf>,
 }
 
 impl Default for RawLimits {
@@ -94,6 +101,9 @@ impl Default for RawLimits {
             request_header_timeout: default_request_header_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
+            shared_store: String::new(),
+            shared_store_password_file: None,
+            shared_store_ca: None,
         }
     }
 }
