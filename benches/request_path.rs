@@ -203,7 +203,7 @@ fn origin_check(c: &mut Criterion) {
 }
 
 /// The per-client rate limit as the API counts it: one sketch update per
-/// request, over the 2,000 addresses.
+/// request, over the 2,000 addresses; and a project's limit.
 fn limits(c: &mut Criterion) {
     let limiter = Limiter::new();
     let ips = addresses();
@@ -215,6 +215,9 @@ fn limits(c: &mut Criterion) {
             i = (i + 1) % ips.len();
             black_box(limiter.client_request(black_box(ips[i]), 1_000_000_000))
         })
+    });
+    group.bench_function("project_request", |b| {
+        b.iter(|| black_box(limiter.project_request(black_box("shop"), u32::MAX)))
     });
     group.finish();
 }
