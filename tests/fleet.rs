@@ -113,6 +113,17 @@ impl Store {
         }
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: a store that hangs,
+    /// its connections open and silent.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
         let url = match self.password {
             Some(password) => format!("redis://:{password}@127.0.0.1:{}/0", self.port),
@@ -429,6 +440,38 @@ fn a_failing_store_fails_no_request_and_counting_resumes() {
         assert_eq!(send(&b, project, 10, None), 0);
         assert_eq!(send(&a, project, 3, None), 0);
     });
+}
+
+/// A store that hangs (stopped, its connection open and silent) is a
+/// failing store: exchanges time out, requests are answered from the
+/// local count, one warning; when it resumes, so does sharing.
+#[test]
+fn a_hanging_store_holds_no_request() {
+    let store = Store::start();
+    let a = node(20, &store.url());
+    assert!(eventually(PATIENCE, || metric(&a, UP) == 1.0));
+    let errors = metric(&a, ERRORS);
+    store.signal("STOP");
+    assert!(
+        eventually(PATIENCE, || metric(&a, ERRORS) > errors),
+        "{}",
+        a.logs()
+    );
+    within_one_window(&PROJECTS, |project, _| {
+        assert_eq!(send(&a, project, 25, None), 20);
+    });
+    store.signal("CONT");
+    assert!(
+        eventually(PATIENCE, || a.logs().contains("reachable again")),
+        "{}",
+        a.logs()
+    );
+    let warnings = a
+        .logs()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("shared store"))
+        .count();
+    assert_eq!(warnings, 1, "{}", a.logs());
 }
 
 fn write(path: &Path, text: &str) {
