@@ -206,7 +206,8 @@ fn origin_check(c: &mut Criterion) {
 const PREFIXES: ClientPrefixes = ClientPrefixes { v4: 32, v6: 64 };
 
 /// The per-client rate limit as the API counts it: the client's network,
-/// then one sketch update per request, over the 2,000 addresses.
+/// then one sketch update per request, over the 2,000 addresses; and a
+/// project's limit.
 fn limits(c: &mut Criterion) {
     let limiter = Limiter::new();
     let ips = addresses();
@@ -219,6 +220,9 @@ fn limits(c: &mut Criterion) {
             let key = PREFIXES.key(black_box(ips[i]));
             black_box(limiter.client_request(key, 1_000_000_000))
         })
+    });
+    group.bench_function("project_request", |b| {
+        b.iter(|| black_box(limiter.project_request(black_box("shop"), u32::MAX)))
     });
     group.finish();
 }

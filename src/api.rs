@@ -327,8 +327,9 @@ mod tests {
     #[test]
     fn limits_answer_429_with_the_limit_that_was_hit() {
         use crate::limits::Exceeded;
-        // The test snapshot allows 3 requests a minute for `demo` and 5 per client.
-        let limiter = Limiter::new();
+        // The test snapshot allows 3 requests a minute for `demo` and 5 per
+        // client. The clock stands still: no minute ends mid-test.
+        let limiter = Limiter::with_clock(|| std::time::Duration::from_secs(1_740_000_000));
         let origin = [("origin", "https://example.com")];
         let statuses: Vec<u16> = (0..4)
             .map(|_| ask(&limiter, "GET", "/api/?pid=demo", &origin).status)

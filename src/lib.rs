@@ -5,14 +5,15 @@
 //! `respond`. Modules are layered; each imports only from layers below it
 //! (`tests/architecture.rs` keeps it so):
 //!
-//! - L0 leaves: `json country agent geo limits metrics host origin
-//!   client_ip proxy_protocol logging systemd request_head`
+//! - L0 leaves: `json country agent geo limits project_counts metrics host
+//!   origin client_ip proxy_protocol logging systemd request_head`
 //! - L1 `config`: the serde surface and the typed configuration
 //! - L2 values built from configuration and data: `answer visitor query
-//!   tls sites upstream`
+//!   tls sites upstream shared_store`
 //! - L3 `snapshot`: one immutable world
 //! - L4 decisions: `route api site_request`
-//! - L5 Pingora glue: `proxy accept connection health_checks reload services`
+//! - L5 Pingora glue: `proxy accept connection health_checks reload services
+//!   store_sync`
 //! - L6 `server` (and the `visitord` binary)
 //!
 //! Pingora types are named only in L5, L6 and `upstream`.
@@ -33,6 +34,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
+pub mod project_counts;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod query;
@@ -41,9 +43,11 @@ pub mod request_head;
 pub mod route;
 pub mod server;
 pub mod services;
+pub mod shared_store;
 pub mod site_request;
 pub mod sites;
 pub mod snapshot;
+pub mod store_sync;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;

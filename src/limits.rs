@@ -22,6 +22,9 @@
 //! is keyed by [`ClientKey`], the address cut to `limits.ipv4_prefix` /
 //! `limits.ipv6_prefix` bits (default /32 and /64), since whoever holds an
 //! IPv6 /64 can pick any of 2^64 addresses.
+//! Projects are few and named in configuration, so they are counted
+//! exactly, per wall-clock minute, in `project_counts`; with `[limits]
+//! shared_store` those counts add up across a fleet.
 
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -30,16 +33,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_limits::inflight::{Guard, Inflight};
+
+use crate::metrics::METRICS;
 use pingora_limits::rate::Rate;
+
+use crate::project_counts::{self, ProjectCounts};
 
 const WINDOW: Duration = Duration::from_secs(60);
 /// Counters per sketch row for client addresses (two sketches, for this
 /// window and the last, of `IP_ROWS` rows: 2 MiB in all).
 pub const IP_SLOTS: usize = 65_536;
 const IP_ROWS: usize = 2;
-/// Projects are few and named in configuration.
-const PROJECT_SLOTS: usize = 1024;
-const PROJECT_ROWS: usize = 4;
 
 /// Which limit a request or connection ran into (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,13 +134,15 @@ pub struct Refusal {
 /// the configuration of the snapshot a request runs on.
 pub struct Limiter {
     clients: Rate,
-    projects: Rate,
+    projects: ProjectCounts,
     connections: Inflight,
     open: Arc<AtomicUsize>,
     /// The server cap when `limits.max_connections` is not set.
     default_max_connections: u32,
     started: Instant,
     window: Duration,
+    /// Time since the Unix epoch: project windows are wall-clock minutes.
+    clock: fn() -> Duration,
 }
 
 /// A connection's place in the connection counts, held until it closes.
@@ -149,6 +155,7 @@ pub struct ConnectionPlace {
 impl Drop for ConnectionPlace {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        METRICS.open_connections.dec();
     }
 }
 
@@ -176,12 +183,23 @@ impl Limiter {
     fn with_window(window: Duration) -> Limiter {
         Limiter {
             clients: Rate::new_with_estimator_config(window, IP_ROWS, IP_SLOTS),
-            projects: Rate::new_with_estimator_config(window, PROJECT_ROWS, PROJECT_SLOTS),
+            projects: ProjectCounts::new(),
             connections: Inflight::new(),
             open: Arc::new(AtomicUsize::new(0)),
             default_max_connections: u32::MAX,
             started: Instant::now(),
             window,
+            clock: since_epoch,
+        }
+    }
+
+    /// A limiter whose clock stands still at `clock()` (tests: no window
+    /// ends in the middle of one).
+    #[cfg(test)]
+    pub(crate) fn with_clock(clock: fn() -> Duration) -> Limiter {
+        Limiter {
+            clock,
+            ..Limiter::new()
         }
     }
 
@@ -198,9 +216,35 @@ impl Limiter {
         self.count(&self.clients, &client, per_minute, Exceeded::ClientRate)
     }
 
-    /// Counts one request for `project`; refuses it above `per_minute`.
+    /// Counts one request for `project`; refuses it, uncounted, once the
+    /// project's count this minute (the fleet's, with a shared store) is at
+    /// `per_minute` (0: no limit, nothing counted).
     pub fn project_request(&self, project: &str, per_minute: u32) -> Result<(), Refusal> {
-        self.count(&self.projects, &project, per_minute, Exceeded::ProjectRate)
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let now = (self.clock)();
+        if self
+            .projects
+            .admit(project, per_minute, project_counts::window_at(now))
+        {
+            Ok(())
+        } else {
+            Err(Refusal {
+                exceeded: Exceeded::ProjectRate,
+                retry_after: project_counts::rest_of_window(now).max(Duration::from_secs(1)),
+            })
+        }
+    }
+
+    /// The per-project counts (the shared-store sync reads and updates them).
+    pub fn projects(&self) -> &ProjectCounts {
+        &self.projects
+    }
+
+    /// The current project window.
+    pub fn project_window(&self) -> project_counts::Window {
+        project_counts::window_at((self.clock)())
     }
 
     fn count<K: Hash>(
@@ -239,6 +283,7 @@ impl Limiter {
             retry_after: Duration::from_secs(1),
         };
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        METRICS.open_connections.inc();
         // From here the count is released on every path, refusals included.
         let mut place = ConnectionPlace {
             _client: None,
@@ -270,6 +315,13 @@ impl Limiter {
         let rest = Duration::from_millis((window - into) as u64);
         rest.max(Duration::from_secs(1))
     }
+}
+
+/// Time since the Unix epoch (0 for a clock set before it).
+fn since_epoch() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// `Retry-After` in whole seconds, rounded up.
@@ -330,16 +382,17 @@ mod tests {
     }
 
     #[test]
-    fn project_limit_is_per_project() {
-        let l = Limiter::new();
+    fn project_limit_is_per_project_and_minute() {
+        // 25 s into a minute.
+        let l = Limiter::with_clock(|| Duration::from_secs(1_740_000_025));
         for _ in 0..3 {
             assert!(l.project_request("a", 3).is_ok());
         }
-        assert_eq!(
-            l.project_request("a", 3).unwrap_err().exceeded,
-            Exceeded::ProjectRate
-        );
+        let refusal = l.project_request("a", 3).unwrap_err();
+        assert_eq!(refusal.exceeded, Exceeded::ProjectRate);
+        assert_eq!(refusal.retry_after, Duration::from_secs(35));
         assert!(l.project_request("b", 3).is_ok());
+        assert_eq!(l.projects().counts("a", l.project_window()), (3, 0));
     }
 
     #[test]

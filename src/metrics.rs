@@ -22,9 +22,13 @@ pub struct Metrics {
     pub closed_connections: IntCounterVec,
     pub reloads: IntCounterVec,
     pub snapshot_generation: IntGauge,
+    pub open_connections: IntGauge,
     pub geo_build: IntGaugeVec,
     pub cert_expiry: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    pub shared_store_errors: IntCounter,
+    pub shared_store_syncs: IntCounter,
+    pub shared_store_up: IntGauge,
 }
 
 /// The process-wide metrics. Creating them cannot fail for the fixed,
@@ -34,6 +38,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
 }
@@ -97,6 +107,12 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("gauge: {e}"));
         let _ = registry.register(Box::new(snapshot_generation.clone()));
+        let open_connections = IntGauge::new(
+            "visitord_open_connections",
+            "Connections holding a place in the connection limits now, from accept (before TLS) to close.",
+        )
+        .unwrap_or_else(|e| unreachable!("gauge: {e}"));
+        let _ = registry.register(Box::new(open_connections.clone()));
         let geo_build = gauge_vec(
             &registry,
             "visitord_geo_database_build_timestamp_seconds",
@@ -118,6 +134,22 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let shared_store_errors = plain_counter(
+            &registry,
+            "visitord_shared_store_errors_total",
+            "Failed connections to and exchanges with the shared store (project limits then count on this node).",
+        );
+        let shared_store_syncs = plain_counter(
+            &registry,
+            "visitord_shared_store_syncs_total",
+            "Exchanges of project counts with the shared store that succeeded.",
+        );
+        let shared_store_up = IntGauge::new(
+            "visitord_shared_store_up",
+            "1 while the last exchange with the shared store succeeded, else 0 (also without one).",
+        )
+        .unwrap_or_else(|e| unreachable!("gauge: {e}"));
+        let _ = registry.register(Box::new(shared_store_up.clone()));
         Metrics {
             registry,
             requests,
@@ -127,9 +159,13 @@ impl Metrics {
             closed_connections,
             reloads,
             snapshot_generation,
+            open_connections,
             geo_build,
             cert_expiry,
             build_info,
+            shared_store_errors,
+            shared_store_syncs,
+            shared_store_up,
         }
     }
 
@@ -386,6 +422,9 @@ mod tests {
             "visitord_reloads_total",
             "visitord_snapshot_generation",
             "visitord_build_info",
+            "visitord_shared_store_errors_total",
+            "visitord_shared_store_syncs_total",
+            "visitord_shared_store_up",
         ] {
             assert!(families.contains(name), "{name} missing from\n{text}");
         }

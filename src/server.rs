@@ -23,6 +23,7 @@ use crate::limits::{self, Limiter};
 use crate::proxy::Visitord;
 use crate::services::{CertResolver, MetricsApp};
 use crate::snapshot::{Shared, Snapshot};
+use crate::store_sync::StoreSync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -164,6 +165,10 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     server.add_service(background_service(
         "visitord upstream health checks",
         HealthChecks::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "visitord shared store",
+        StoreSync::new(shared.clone(), limiter.clone()),
     ));
 
     crate::reload::spawn(config.file.clone(), shared.clone())?;

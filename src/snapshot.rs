@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigError, Projects};
 use crate::geo::{GeoDb, GeoError};
 use crate::metrics::{RequestMetrics, METRICS};
 use crate::origin::AllowedOrigins;
+use crate::shared_store::StoreSettings;
 use crate::sites::Sites;
 use crate::tls::{Certificates, TlsError};
 use crate::upstream::Peers;
@@ -78,6 +79,9 @@ pub struct Snapshot {
     pub request_metrics: RequestMetrics,
     /// `Origin`s already allowed, per project of this snapshot.
     pub allowed_origins: AllowedOrigins,
+    /// `[limits] shared_store` with its password and CA read; `None`:
+    /// project limits count per node.
+    pub shared_store: Option<Arc<StoreSettings>>,
     pub loaded_at: SystemTime,
 }
 
@@ -112,6 +116,10 @@ impl Snapshot {
             (None, Some(path)) => Arc::new(AgentParser::from_file(path)?),
             (None, None) => Arc::new(AgentParser::builtin()?),
         };
+        let shared_store = match &config.limits.shared_store {
+            Some(store) => Some(Arc::new(StoreSettings::load(&config.file, store)?)),
+            None => None,
+        };
         crate::country::warm_up();
         let request_metrics = RequestMetrics::new(projects.len());
         Ok(Snapshot {
@@ -126,6 +134,7 @@ impl Snapshot {
             peers,
             request_metrics,
             allowed_origins: AllowedOrigins::new(),
+            shared_store,
             loaded_at: SystemTime::now(),
         })
     }

@@ -5,8 +5,9 @@
 //! - the `use crate::…` graph has a cycle (sideways imports are allowed
 //!   only while they stay acyclic),
 //! - a Pingora type is named outside the Pingora layer (`proxy`,
-//!   `accept`, `connection`, `health_checks`, `services`, `server`, `main`, and
-//!   `upstream`, whose peer templates are Pingora's `HttpPeer`).
+//!   `accept`, `connection`, `health_checks`, `store_sync`, `services`,
+//!   `server`, `main`, and `upstream`, whose peer templates are Pingora's
+//!   `HttpPeer`).
 //!
 //! `pingora_limits` (a count-min sketch and an in-flight counter, no
 //! network or HTTP types) counts as a plain data-structure crate.
@@ -26,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("agent", 0),
     ("geo", 0),
     ("limits", 0),
+    ("project_counts", 0),
     ("metrics", 0),
     ("host", 0),
     ("origin", 0),
@@ -43,6 +45,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("tls", 2),
     ("sites", 2),
     ("upstream", 2),
+    ("shared_store", 2),
     // L3: one immutable world.
     ("snapshot", 3),
     // L4: decisions.
@@ -56,6 +59,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("health_checks", 5),
     ("reload", 5),
     ("services", 5),
+    ("store_sync", 5),
     // L6: the server and the command line.
     ("server", 6),
     ("main", 6),
@@ -66,6 +70,7 @@ const PINGORA_MODULES: &[&str] = &[
     "accept",
     "connection",
     "health_checks",
+    "store_sync",
     "services",
     "server",
     "main",

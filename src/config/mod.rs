@@ -11,6 +11,7 @@ mod api_path;
 mod projects;
 mod raw;
 mod site;
+mod store_url;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use api_path::ApiPath;
 pub use projects::{is_valid_project_id, Project, ProjectId, Projects, MAX_PROJECT_ID_LEN};
 pub use raw::{ConfigError, UnknownCountry};
 pub use site::{CountryRule, SiteConfig, Timeouts, UpstreamAddr};
+pub use store_url::StoreUrl;
 
 use crate::client_ip::TrustedProxies;
 use crate::limits::ClientPrefixes;
@@ -48,7 +50,7 @@ pub struct Config {
 }
 
 /// `[limits]`: abuse limits (0 disables a count or a timeout).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// API requests per minute from one client address.
     pub requests_per_minute_per_ip: u32,
@@ -71,6 +73,19 @@ pub struct Limits {
     pub client_prefixes: ClientPrefixes,
     /// Longest HTTP/1 request head (request line and headers), in bytes.
     pub max_request_head: usize,
+    /// Where a fleet adds up its project counts; `None`: per node.
+    pub shared_store: Option<SharedStore>,
+}
+
+/// `[limits] shared_store*`: the Redis or Valkey server of a fleet
+/// (docs/fleet.md). The files are read by the snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedStore {
+    pub url: StoreUrl,
+    /// A file holding the password (`AUTH`), never the URL.
+    pub password_file: Option<PathBuf>,
+    /// PEM certificates to verify a TLS store by, instead of the system's.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -228,7 +243,7 @@ impl Config {
             user_agent: UserAgent {
                 regexes: raw.user_agent.regexes.as_deref().map(resolve),
             },
-            limits: limits(file, &raw.limits)?,
+            limits: limits(file, &raw.limits, &resolve)?,
             sites,
         })
     }
@@ -247,6 +262,10 @@ impl Config {
         }
         files.extend(self.user_agent.regexes.iter().cloned());
         files.extend(self.sites.iter().filter_map(|s| s.upstream_ca.clone()));
+        if let Some(store) = &self.limits.shared_store {
+            files.extend(store.password_file.iter().cloned());
+            files.extend(store.ca.iter().cloned());
+        }
         files
     }
 }
@@ -344,7 +363,11 @@ fn tls_settings(
     })
 }
 
-fn limits(file: &Path, raw: &RawLimits) -> Result<Limits, ConfigError> {
+fn limits(
+    file: &Path,
+    raw: &RawLimits,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Limits, ConfigError> {
     let hour = Duration::from_secs(3600);
     for (key, value) in [
         ("limits.request_header_timeout", raw.request_header_timeout),
@@ -404,7 +427,47 @@ fn limits(file: &Path, raw: &RawLimits) -> Result<Limits, ConfigError> {
             v6: raw.ipv6_prefix,
         },
         max_request_head: raw.max_request_head as usize,
+        shared_store: shared_store(file, raw, resolve)?,
     })
+}
+
+fn shared_store(
+    file: &Path,
+    raw: &RawLimits,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Option<SharedStore>, ConfigError> {
+    if raw.shared_store.is_empty() {
+        for (key, set) in [
+            (
+                "limits.shared_store_password_file",
+                raw.shared_store_password_file.is_some(),
+            ),
+            ("limits.shared_store_ca", raw.shared_store_ca.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::invalid(
+                    file,
+                    key,
+                    "set without limits.shared_store",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let url = StoreUrl::parse(&raw.shared_store)
+        .map_err(|reason| ConfigError::invalid(file, "limits.shared_store", reason))?;
+    if raw.shared_store_ca.is_some() && !url.is_tls() {
+        return Err(ConfigError::invalid(
+            file,
+            "limits.shared_store_ca",
+            "only a TLS store (rediss://, valkeys://) is verified by a CA",
+        ));
+    }
+    Ok(Some(SharedStore {
+        url,
+        password_file: raw.shared_store_password_file.as_deref().map(resolve),
+        ca: raw.shared_store_ca.as_deref().map(resolve),
+    }))
 }
 
 /// The `[[site]]`s of a minimal configuration with these tables (the
@@ -677,6 +740,47 @@ addr = "127.0.0.1:9180"
             "{GOOD}\n[limits]\nrequests_per_minute_per_ip = -1\n"
         ));
         assert!(e.contains("limits.requests_per_minute_per_ip"), "{e}");
+    }
+
+    #[test]
+    fn a_shared_store_is_optional_and_checked() {
+        assert_eq!(parse(GOOD).unwrap().limits.shared_store, None);
+        let c = parse(&format!(
+            "{GOOD}\n[limits]\nshared_store = \"rediss://store.internal:6380/0\"\n\
+             shared_store_password_file = \"secrets/store\"\nshared_store_ca = \"tls/store-ca.pem\"\n"
+        ))
+        .unwrap();
+        let store = c.limits.shared_store.clone().unwrap();
+        assert_eq!(store.url.as_str(), "rediss://store.internal:6380/0");
+        assert_eq!(
+            store.password_file,
+            Some(PathBuf::from("/etc/visitord/secrets/store"))
+        );
+        let files = c.source_files();
+        assert!(files.contains(&PathBuf::from("/etc/visitord/secrets/store")));
+        assert!(files.contains(&PathBuf::from("/etc/visitord/tls/store-ca.pem")));
+        let e = error(&format!(
+            "{GOOD}\n[limits]\nshared_store = \"redis://:hunter2@store:6379\"\n"
+        ));
+        assert!(
+            e.contains("limits.shared_store: a password in the URL"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = error(&format!(
+            "{GOOD}\n[limits]\nshared_store = \"redis://store:6379\"\nshared_store_ca = \"ca.pem\"\n"
+        ));
+        assert!(
+            e.contains("limits.shared_store_ca: only a TLS store"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{GOOD}\n[limits]\nshared_store_password_file = \"secret\"\n"
+        ));
+        assert!(
+            e.contains("limits.shared_store_password_file: set without"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -94,6 +94,13 @@ pub(super) struct RawLimits {
     pub(super) ipv6_prefix: u8,
     #[serde(default = "default_max_request_head")]
     pub(super) max_request_head: u32,
+    /// `""`: no shared store, project limits count per node.
+    #[serde(default)]
+    pub(super) shared_store: String,
+    #[serde(default)]
+    pub(super) shared_store_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) shared_store_ca: Option<PathBuf>,
 }
 
 impl Default for RawLimits {
@@ -109,6 +116,9 @@ impl Default for RawLimits {
             ipv4_prefix: default_ipv4_prefix(),
             ipv6_prefix: default_ipv6_prefix(),
             max_request_head: default_max_request_head(),
+            shared_store: String::new(),
+            shared_store_password_file: None,
+            shared_store_ca: None,
         }
     }
 }
