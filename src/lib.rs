@@ -6,12 +6,13 @@
 //! (`tests/architecture.rs` keeps it so):
 //!
 //! - L0 leaves: `json country agent geo limits metrics host origin
-//!   client_ip proxy_protocol logging systemd`
+//!   client_ip proxy_protocol logging systemd usage metrics_access
+//!   reload_history`
 //! - L1 `config`: the serde surface and the typed configuration
 //! - L2 values built from configuration and data: `answer visitor query
 //!   tls sites upstream`
 //! - L3 `snapshot`: one immutable world
-//! - L4 decisions: `route api site_request`
+//! - L4 decisions and views: `route api site_request dashboard`
 //! - L5 Pingora glue: `proxy connection health_checks reload services`
 //! - L6 `server` (and the `visitord` binary)
 //!
@@ -24,6 +25,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connection;
 pub mod country;
+pub mod dashboard;
 pub mod geo;
 pub mod health_checks;
 pub mod host;
@@ -31,11 +33,13 @@ pub mod json;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_access;
 pub mod origin;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod query;
 pub mod reload;
+pub mod reload_history;
 pub mod route;
 pub mod server;
 pub mod services;
@@ -45,4 +49,5 @@ pub mod snapshot;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 pub mod visitor;

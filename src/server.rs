@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -29,6 +29,7 @@ use crate::health_checks::HealthChecks;
 use crate::limits::Limiter;
 use crate::proxy::Visitord;
 use crate::proxy_protocol::{self, Parsed, ProxyHeader};
+use crate::reload_history::{ReloadHistory, ReloadRecord};
 use crate::services::{CertResolver, MetricsApp};
 use crate::snapshot::{Shared, Snapshot};
 
@@ -56,7 +57,7 @@ fn listen_addresses(config: &Config) -> Vec<(String, SocketAddr)> {
         .enumerate()
         .map(|(i, l)| (format!("listen[{i}].addr"), l.addr))
         .collect();
-    if let Some(m) = config.metrics {
+    if let Some(m) = &config.metrics {
         out.push(("metrics.addr".to_owned(), m.addr));
     }
     out
@@ -83,6 +84,14 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     let config = snapshot.config.clone();
     check_listeners(&config)?;
     snapshot.publish_metrics();
+    let started = SystemTime::now();
+    let history = Arc::new(ReloadHistory::new());
+    history.push(ReloadRecord {
+        at: snapshot.loaded_at,
+        trigger: "start",
+        generation: snapshot.generation,
+        refused: None,
+    });
     let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let mut conf = ServerConf {
@@ -150,8 +159,9 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         }
     }
 
-    if let Some(m) = config.metrics {
-        let mut service = Service::new("visitord metrics".to_owned(), MetricsApp);
+    if let Some(m) = &config.metrics {
+        let app = MetricsApp::new(shared.clone(), history.clone(), started, m.addr);
+        let mut service = Service::new("visitord metrics".to_owned(), app);
         service.threads = Some(1);
         service.add_tcp(&m.addr.to_string());
         server.add_service(service);
@@ -162,7 +172,7 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         HealthChecks::new(shared.clone()),
     ));
 
-    crate::reload::spawn(config.file.clone(), shared.clone())?;
+    crate::reload::spawn(config.file.clone(), shared.clone(), history)?;
 
     let serving = format!(
         "serving generation {} on {} listener(s)",
