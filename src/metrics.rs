@@ -87,6 +87,9 @@ impl Metrics {
             "Snapshot rebuilds, by the kind of input that decided the result and the result.",
             &["kind", "result"],
         );
+        // The success series exists from the start, so that dashboards
+        // show reloads as zero rather than as no data.
+        reloads.with_label_values(&["snapshot", "ok"]);
         let reload_ok = IntGauge::new(
             "visitord_config_last_reload_successful",
             "1 when the files on disk are what serves; 0 while the last reload was refused.",
