@@ -228,7 +228,7 @@ fn chromium_renders_the_figures_requests_produced() {
         &url,
         &[
             &format!("--screenshot={}", shot.display()),
-            "--window-size=1500,1250",
+            "--window-size=1500,900",
         ],
     );
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{e}\n{log}"));
