@@ -79,8 +79,6 @@ impl TrustedProxies {
 }
 
 /// An IPv4-mapped IPv6 network as the IPv4 network it maps.
-/// `net` with an IPv4-mapped IPv6 network written as the IPv4 network it
-/// maps (`::ffff:10.0.0.0/104` is `10.0.0.0/8`).
 pub fn canonical_net(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
