@@ -227,6 +227,42 @@ fn limits(c: &mut Criterion) {
     group.finish();
 }
 
+/// The dashboard's usage recorder as the `logging` phase calls it: an
+/// allowed request (atomic additions only), and a refused origin (plus the
+/// project's top-K under its lock).
+fn usage(c: &mut Criterion) {
+    use visitord::origin::DenyReason;
+    use visitord::usage::{Recorded, Usage};
+    let usage = Usage::new(["demo", "shop"], None);
+    let started = std::time::Instant::now();
+    let mut group = c.benchmark_group("usage");
+    group.throughput(Throughput::Elements(1));
+    let allowed = Recorded {
+        status: 200,
+        ..Recorded::default()
+    };
+    group.bench_function("record_allowed", |b| {
+        b.iter(|| usage.record(black_box(Some(0)), started, black_box(&allowed)))
+    });
+    let origins: Vec<String> = (0..50)
+        .map(|i| format!("https://site{i}.example"))
+        .collect();
+    let mut i = 0;
+    group.bench_function("record_refused_origin", |b| {
+        b.iter(|| {
+            i = (i + 1) % origins.len();
+            let refused = Recorded {
+                status: 403,
+                rejection: Some(DenyReason::NotListed),
+                refused_origin: Some(&origins[i]),
+                ..Recorded::default()
+            };
+            usage.record(black_box(Some(1)), started, black_box(&refused))
+        })
+    });
+    group.finish();
+}
+
 /// A config like the load benchmark's, in a temp dir, loaded the way `run` does.
 struct BenchConfig {
     _dir: tempfile::TempDir,
@@ -384,6 +420,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = geo_lookup, user_agent, origin_check, limits, whole_answer
+    targets = geo_lookup, user_agent, origin_check, limits, usage, whole_answer
 }
 criterion_main!(benches);

@@ -34,6 +34,9 @@ pub struct Answer {
     pub rejection: Option<DenyReason>,
     /// Which rate limit refused the request (a metrics label).
     pub limited: Option<Exceeded>,
+    /// The refused origin of a known project, as the dashboard shows it
+    /// (`usage::origin_label`: normalised, IP literals replaced).
+    pub refused_origin: Option<Box<str>>,
     /// The connection must not be reused after this answer.
     pub close: bool,
 }
@@ -48,6 +51,7 @@ impl Answer {
             project: None,
             rejection: None,
             limited: None,
+            refused_origin: None,
             close: false,
         }
     }

@@ -11,6 +11,7 @@ use crate::origin::{self, Decision, DenyReason, Origin};
 use crate::query;
 use crate::route::{Method, RequestFacts};
 use crate::snapshot::Snapshot;
+use crate::usage;
 use crate::visitor::success_body;
 
 /// How long browsers may cache a preflight answer. Chromium caps it at 2 h.
@@ -50,7 +51,11 @@ pub fn answer(snap: &Snapshot, req: &RequestFacts<'_>, limiter: &Limiter) -> Ans
         _ => {
             let caller = match origin::caller_origin(req.origin, req.referer) {
                 Ok(o) => o,
-                Err(reason) => return answer::origin_refused(reason),
+                Err(reason) => {
+                    let mut a = answer::origin_refused(reason);
+                    a.project = known.map(|(index, _)| index);
+                    return a;
+                }
             };
             let Some((index, project)) = known else {
                 return answer::origin_refused(DenyReason::UnknownProject);
@@ -58,6 +63,7 @@ pub fn answer(snap: &Snapshot, req: &RequestFacts<'_>, limiter: &Limiter) -> Ans
             if let Decision::Deny(reason) = origin::decide(&project.domains, &caller) {
                 let mut a = answer::origin_refused(reason);
                 a.project = Some(index);
+                a.refused_origin = Some(usage::origin_label(&caller));
                 return a;
             }
             let echo = allow_origin_value(&caller);
@@ -273,6 +279,14 @@ mod tests {
                 &[],
                 403,
                 Some(DenyReason::NoOrigin),
+                Some(0),
+            ),
+            (
+                "GET",
+                "/api/?pid=nope",
+                &[],
+                403,
+                Some(DenyReason::NoOrigin),
                 None,
             ),
             (
@@ -311,6 +325,26 @@ mod tests {
         }
         let a = ask(&Limiter::new(), "DELETE", "/api/?pid=demo", &[]);
         assert_eq!(header(&a, "allow"), Some(API_ALLOW));
+        // The dashboard learns which site was refused, normalised; never
+        // an address, and nothing for an unknown project.
+        let refused = |origin: &str, pid: &str| {
+            let a = ask(&Limiter::new(), "GET", pid, &[("origin", origin)]);
+            a.refused_origin.map(String::from)
+        };
+        assert_eq!(
+            refused("https://Evil.Test:443", "/api/?pid=demo").as_deref(),
+            Some("https://evil.test")
+        );
+        assert_eq!(
+            refused("http://example.com", "/api/?pid=demo").as_deref(),
+            Some("http://example.com")
+        );
+        assert_eq!(
+            refused("https://198.51.100.7", "/api/?pid=demo").as_deref(),
+            Some(usage::IP_ORIGIN)
+        );
+        assert_eq!(refused("https://evil.test", "/api/?pid=nope"), None);
+        assert_eq!(refused("https://www.example.com", "/api/?pid=demo"), None);
         let a = ask(
             &Limiter::new(),
             "GET",

@@ -79,7 +79,7 @@ impl TrustedProxies {
 }
 
 /// An IPv4-mapped IPv6 network as the IPv4 network it maps.
-fn canonical_net(net: IpNet) -> IpNet {
+pub fn canonical_net(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
             Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),

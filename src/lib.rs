@@ -6,12 +6,13 @@
 //! (`tests/architecture.rs` keeps it so):
 //!
 //! - L0 leaves: `json country agent geo limits project_counts metrics host
-//!   origin client_ip proxy_protocol logging systemd request_head`
+//!   origin client_ip proxy_protocol logging systemd request_head usage
+//!   metrics_access reload_history`
 //! - L1 `config`: the serde surface and the typed configuration
 //! - L2 values built from configuration and data: `answer visitor query
 //!   tls sites upstream shared_store`
 //! - L3 `snapshot`: one immutable world
-//! - L4 decisions: `route api site_request`
+//! - L4 decisions and views: `route api site_request dashboard`
 //! - L5 Pingora glue: `proxy accept connection health_checks reload services
 //!   store_sync`
 //! - L6 `server` (and the `visitord` binary)
@@ -26,6 +27,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connection;
 pub mod country;
+pub mod dashboard;
 pub mod geo;
 pub mod health_checks;
 pub mod host;
@@ -33,12 +35,14 @@ pub mod json;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_access;
 pub mod origin;
 pub mod project_counts;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod query;
 pub mod reload;
+pub mod reload_history;
 pub mod request_head;
 pub mod route;
 pub mod server;
@@ -51,4 +55,5 @@ pub mod store_sync;
 pub mod systemd;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 pub mod visitor;

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub closed_connections: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub reload_ok: IntGauge,
     pub snapshot_generation: IntGauge,
     pub open_connections: IntGauge,
     pub geo_build: IntGaugeVec,
@@ -29,6 +30,8 @@ pub struct Metrics {
     pub shared_store_errors: IntCounter,
     pub shared_store_syncs: IntCounter,
     pub shared_store_up: IntGauge,
+    pub site_requests: IntCounterVec,
+    pub upstream_up: IntGaugeVec,
 }
 
 /// The process-wide metrics. Creating them cannot fail for the fixed,
@@ -101,6 +104,16 @@ impl Metrics {
             "Snapshot rebuilds, by the kind of input that decided the result and the result.",
             &["kind", "result"],
         );
+        // The success series exists from the start, so that dashboards
+        // show reloads as zero rather than as no data.
+        reloads.with_label_values(&["snapshot", "ok"]);
+        let reload_ok = IntGauge::new(
+            "visitord_config_last_reload_successful",
+            "1 when the files on disk are what serves; 0 while the last reload was refused.",
+        )
+        .unwrap_or_else(|e| unreachable!("gauge: {e}"));
+        reload_ok.set(1);
+        let _ = registry.register(Box::new(reload_ok.clone()));
         let snapshot_generation = IntGauge::new(
             "visitord_snapshot_generation",
             "Generation of the snapshot serving requests (1 at start, +1 per successful reload).",
@@ -150,6 +163,18 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("gauge: {e}"));
         let _ = registry.register(Box::new(shared_store_up.clone()));
+        let site_requests = counter(
+            &registry,
+            "visitord_site_requests_total",
+            "Requests for sites visitord stands in front of, by site (its first host) and status class (`none`: the client left before an answer).",
+            &["site", "status_class"],
+        );
+        let upstream_up = gauge_vec(
+            &registry,
+            "visitord_upstream_up",
+            "1 when every address of a site's upstream passes its health checks, by site and upstream as configured.",
+            &["site", "upstream"],
+        );
         Metrics {
             registry,
             requests,
@@ -158,6 +183,7 @@ impl Metrics {
             rate_limited,
             closed_connections,
             reloads,
+            reload_ok,
             snapshot_generation,
             open_connections,
             geo_build,
@@ -166,6 +192,8 @@ impl Metrics {
             shared_store_errors,
             shared_store_syncs,
             shared_store_up,
+            site_requests,
+            upstream_up,
         }
     }
 
@@ -303,6 +331,62 @@ impl std::fmt::Debug for RequestMetrics {
     }
 }
 
+/// Status classes of `visitord_site_requests_total`, by slot.
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_slot(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100),
+        _ => 0,
+    }
+}
+
+/// Handles of `visitord_site_requests_total` for one snapshot's sites,
+/// each resolved on first use (see `RequestMetrics`).
+pub struct SiteMetrics {
+    labels: Box<[String]>,
+    /// `[site][status class]`.
+    handles: Box<[OnceLock<IntCounter>]>,
+}
+
+impl SiteMetrics {
+    /// Slots for the sites named `labels`, in snapshot order.
+    pub fn new(labels: Vec<String>) -> SiteMetrics {
+        let handles = (0..labels.len() * STATUS_CLASSES.len())
+            .map(|_| OnceLock::new())
+            .collect();
+        SiteMetrics {
+            labels: labels.into(),
+            handles,
+        }
+    }
+
+    /// Counts one request for site `index` answered with `status` (0: none).
+    pub fn observe(&self, index: usize, status: u16) {
+        let class = status_class_slot(status);
+        let (Some(label), Some(slot)) = (
+            self.labels.get(index),
+            self.handles.get(index * STATUS_CLASSES.len() + class),
+        ) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            METRICS
+                .site_requests
+                .with_label_values(&[label.as_str(), STATUS_CLASSES[class]])
+        })
+        .inc();
+    }
+}
+
+impl std::fmt::Debug for SiteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteMetrics")
+            .field("sites", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A status as a label; no allocation for the usual ones.
 pub fn status_label(status: u16) -> Cow<'static, str> {
     match status {
@@ -370,6 +454,31 @@ mod tests {
                 .get_sample_count(),
             durations + 1
         );
+    }
+
+    #[test]
+    fn site_requests_count_by_site_and_status_class() {
+        let m = SiteMetrics::new(vec!["classes-a.example".into(), "classes-b.example".into()]);
+        let count = |site: &str, class: &str| {
+            METRICS
+                .site_requests
+                .with_label_values(&[site, class])
+                .get()
+        };
+        for (status, class) in [
+            (200, "2xx"),
+            (304, "3xx"),
+            (502, "5xx"),
+            (0, "none"),
+            (101, "1xx"),
+        ] {
+            let before = count("classes-b.example", class);
+            m.observe(1, status);
+            assert_eq!(count("classes-b.example", class), before + 1, "{status}");
+        }
+        assert_eq!(count("classes-a.example", "2xx"), 0);
+        // An index no snapshot has is ignored, not a panic.
+        m.observe(2, 200);
     }
 
     /// The exposition must be valid Prometheus text: checked with a small

@@ -24,6 +24,7 @@ use crate::origin::DenyReason;
 use crate::route::{self, Method, RequestFacts, Route};
 use crate::site_request::{self, SiteDecision, SiteRequest};
 use crate::snapshot::{Shared, Snapshot};
+use crate::usage::Recorded;
 use crate::visitor::VISITOR_HEADERS;
 
 /// The request handler; one per listener role.
@@ -55,7 +56,7 @@ pub struct RequestCtx {
     site: Option<SiteCtx>,
 }
 
-/// What an answer reports to the metrics.
+/// What an answer reports to the metrics and the usage recorder.
 #[derive(Debug, Default)]
 struct Outcome {
     status: u16,
@@ -63,6 +64,8 @@ struct Outcome {
     project: Option<usize>,
     rejection: Option<DenyReason>,
     limited: Option<Exceeded>,
+    /// Set only when a known project refused an origin.
+    refused_origin: Option<Box<str>>,
 }
 
 /// A site request on its way to an upstream.
@@ -300,6 +303,20 @@ impl ProxyHttp for Visitord {
         let seconds = ctx.started.elapsed().as_secs_f64();
         snap.request_metrics
             .observe(route, o.status, project, seconds);
+        match ctx.route {
+            Some(Route::Api) => snap.usage.record(
+                o.project,
+                ctx.started,
+                &Recorded {
+                    status: o.status,
+                    rejection: o.rejection,
+                    limited: o.limited,
+                    refused_origin: o.refused_origin.as_deref(),
+                },
+            ),
+            Some(Route::Site(i)) => snap.site_metrics.observe(i, o.status),
+            _ => {}
+        }
     }
 }
 
@@ -434,6 +451,7 @@ async fn respond(
         project: answer.project,
         rejection: answer.rejection,
         limited: answer.limited,
+        refused_origin: answer.refused_origin,
     };
     let no_body = answer.body.is_empty() || head;
     s.write_response_header(Box::new(h), no_body).await?;

@@ -17,6 +17,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::config::Config;
 use crate::metrics::METRICS;
+use crate::reload_history::{ReloadHistory, ReloadRecord};
 use crate::snapshot::{FileStamp, LoadError, Shared, Snapshot};
 
 /// Quiet time after the last event before rebuilding: editors and `cp` write
@@ -51,9 +52,14 @@ impl Trigger {
 }
 
 /// Starts watching the files of the current snapshot and listening for
-/// SIGHUP. Call before the server runs: until the handler is installed,
-/// SIGHUP would terminate the process.
-pub fn spawn(config_file: PathBuf, shared: Shared) -> Result<(), ReloadError> {
+/// SIGHUP; every rebuild is written to `history`. Call before the server
+/// runs: until the handler is installed, SIGHUP would terminate the
+/// process.
+pub fn spawn(
+    config_file: PathBuf,
+    shared: Shared,
+    history: Arc<ReloadHistory>,
+) -> Result<(), ReloadError> {
     let (tx, rx) = mpsc::channel();
 
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
@@ -76,6 +82,7 @@ pub fn spawn(config_file: PathBuf, shared: Shared) -> Result<(), ReloadError> {
         shared,
         watch,
         last_failure: None,
+        history,
     };
     reloader.follow_files();
     std::thread::Builder::new()
@@ -93,6 +100,7 @@ struct Reloader {
     /// the same broken state (an editor touching the file again) are not
     /// worth another attempt and another warning.
     last_failure: Option<Fingerprint>,
+    history: Arc<ReloadHistory>,
 }
 
 type Fingerprint = Vec<(PathBuf, Option<FileStamp>)>;
@@ -131,6 +139,13 @@ impl Reloader {
                     started.elapsed().as_millis()
                 );
                 self.last_failure = None;
+                METRICS.reload_ok.set(1);
+                self.history.push(ReloadRecord {
+                    at: std::time::SystemTime::now(),
+                    trigger: trigger.as_str(),
+                    generation,
+                    refused: None,
+                });
                 self.follow_files();
                 crate::systemd::status(&format!("serving generation {generation}"));
             }
@@ -149,6 +164,13 @@ impl Reloader {
                     "serving generation {}; last reload refused: {e}",
                     current.generation
                 ));
+                METRICS.reload_ok.set(0);
+                self.history.push(ReloadRecord {
+                    at: std::time::SystemTime::now(),
+                    trigger: trigger.as_str(),
+                    generation: current.generation,
+                    refused: Some(e.to_string()),
+                });
             }
         }
     }
@@ -226,8 +248,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.grace_period != new.server.grace_period {
         changed.push("server.grace_period");
     }
-    if old.metrics != new.metrics {
-        changed.push("metrics");
+    // `metrics.allow` and `metrics.token_file` are read per request.
+    match (&old.metrics, &new.metrics) {
+        (Some(a), Some(b)) if a.addr != b.addr => changed.push("metrics.addr"),
+        (Some(_), None) | (None, Some(_)) => changed.push("metrics.enabled"),
+        _ => {}
     }
     if old.limits.keepalive_requests != new.limits.keepalive_requests {
         changed.push("limits.keepalive_requests");
@@ -342,6 +367,11 @@ mod tests {
         // Live settings are not named.
         let live = config("[limits]\nrequests_per_minute_per_ip = 5\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
         assert!(restart_only_changes(&base, &live).is_empty());
+        // Who may read the metrics listener is live; where it listens is not.
+        let allowed = config("[metrics]\nallow = [\"10.0.0.0/8\"]\n");
+        assert!(restart_only_changes(&base, &allowed).is_empty());
+        let moved = config("[metrics]\naddr = \"127.0.0.1:9999\"\n");
+        assert_eq!(restart_only_changes(&base, &moved), ["metrics.addr"]);
         let edited = config(
             "[server]\nthreads = 7\n[limits]\nkeepalive_requests = 5\nkeepalive_timeout = \"5s\"\n",
         );

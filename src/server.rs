@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
@@ -21,6 +21,7 @@ use crate::connection::{open_connections, Guarded};
 use crate::health_checks::HealthChecks;
 use crate::limits::{self, Limiter};
 use crate::proxy::Visitord;
+use crate::reload_history::{ReloadHistory, ReloadRecord};
 use crate::services::{CertResolver, MetricsApp};
 use crate::snapshot::{Shared, Snapshot};
 use crate::store_sync::StoreSync;
@@ -49,7 +50,7 @@ fn listen_addresses(config: &Config) -> Vec<(String, SocketAddr)> {
         .enumerate()
         .map(|(i, l)| (format!("listen[{i}].addr"), l.addr))
         .collect();
-    if let Some(m) = config.metrics {
+    if let Some(m) = &config.metrics {
         out.push(("metrics.addr".to_owned(), m.addr));
     }
     out
@@ -76,6 +77,14 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     let config = snapshot.config.clone();
     check_listeners(&config)?;
     snapshot.publish_metrics();
+    let started = SystemTime::now();
+    let history = Arc::new(ReloadHistory::new());
+    history.push(ReloadRecord {
+        at: snapshot.loaded_at,
+        trigger: "start",
+        generation: snapshot.generation,
+        refused: None,
+    });
     let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let mut conf = ServerConf {
@@ -155,8 +164,9 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         }
     }
 
-    if let Some(m) = config.metrics {
-        let mut service = Service::new("visitord metrics".to_owned(), MetricsApp);
+    if let Some(m) = &config.metrics {
+        let app = MetricsApp::new(shared.clone(), history.clone(), started, m.addr);
+        let mut service = Service::new("visitord metrics".to_owned(), app);
         service.threads = Some(1);
         service.add_tcp(&m.addr.to_string());
         server.add_service(service);
@@ -171,7 +181,7 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         StoreSync::new(shared.clone(), limiter.clone()),
     ));
 
-    crate::reload::spawn(config.file.clone(), shared.clone())?;
+    crate::reload::spawn(config.file.clone(), shared.clone(), history)?;
 
     let serving = format!(
         "serving generation {} on {} listener(s)",

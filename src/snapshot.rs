@@ -17,12 +17,14 @@ use arc_swap::ArcSwap;
 use crate::agent::{AgentError, AgentParser};
 use crate::config::{Config, ConfigError, Projects};
 use crate::geo::{GeoDb, GeoError};
-use crate::metrics::{RequestMetrics, METRICS};
+use crate::metrics::{RequestMetrics, SiteMetrics, METRICS};
+use crate::metrics_access::MetricsToken;
 use crate::origin::AllowedOrigins;
 use crate::shared_store::StoreSettings;
 use crate::sites::Sites;
 use crate::tls::{Certificates, TlsError};
 use crate::upstream::Peers;
+use crate::usage::Usage;
 use crate::visitor::Visitor;
 
 /// The holder every request, handshake and reload shares.
@@ -77,6 +79,13 @@ pub struct Snapshot {
     pub peers: Peers,
     /// Request metric handles for this snapshot's routes and projects.
     pub request_metrics: RequestMetrics,
+    /// `visitord_site_requests_total` handles, by site index.
+    pub site_metrics: SiteMetrics,
+    /// Per-project usage for the dashboard, by project index; the
+    /// counters carry over from the previous snapshot by project id.
+    pub usage: Usage,
+    /// The bearer token of `metrics.token_file`, read with the rest.
+    pub metrics_token: Option<MetricsToken>,
     /// `Origin`s already allowed, per project of this snapshot.
     pub allowed_origins: AllowedOrigins,
     /// `[limits] shared_store` with its password and CA read; `None`:
@@ -105,6 +114,7 @@ impl Snapshot {
             Some(tls) => Certificates::load(&tls.certificates)?,
             None => Certificates::default(),
         };
+        let metrics_token = read_metrics_token(&config)?;
         let geo = GeoDb::open(&config.geo.databases)?;
         let agents_stamp = config.user_agent.regexes.as_deref().and_then(FileStamp::of);
         let reusable = previous.filter(|p| {
@@ -122,6 +132,11 @@ impl Snapshot {
         };
         crate::country::warm_up();
         let request_metrics = RequestMetrics::new(projects.len());
+        let site_metrics = SiteMetrics::new(sites.iter().map(|s| s.label.clone()).collect());
+        let usage = Usage::new(
+            projects.iter().map(|p| p.id.as_str()),
+            previous.map(|p| &p.usage),
+        );
         Ok(Snapshot {
             generation,
             config,
@@ -133,6 +148,9 @@ impl Snapshot {
             sites,
             peers,
             request_metrics,
+            site_metrics,
+            usage,
+            metrics_token,
             allowed_origins: AllowedOrigins::new(),
             shared_store,
             loaded_at: SystemTime::now(),
@@ -170,7 +188,47 @@ impl Snapshot {
             let name = cert.names.first().map_or("", String::as_str);
             m.cert_expiry.with_label_values(&[name]).set(cert.not_after);
         }
+        m.upstream_up.reset();
+        self.publish_upstream_health();
     }
+
+    /// Sets `visitord_upstream_up` from the health state, which changes
+    /// between reloads: called at each scrape too (without the reset that
+    /// drops removed sites, so a scrape never sees the gauge half-filled).
+    /// An upstream as configured is up when every address it resolved to
+    /// is.
+    pub fn publish_upstream_health(&self) {
+        let gauge = &METRICS.upstream_up;
+        for site in self.sites.iter() {
+            let mut specs: Vec<(&str, bool)> = Vec::new();
+            for u in &site.upstreams {
+                let up = u.health.is_up();
+                match specs.iter_mut().find(|(spec, _)| *spec == u.spec) {
+                    Some((_, all_up)) => *all_up &= up,
+                    None => specs.push((&u.spec, up)),
+                }
+            }
+            for (spec, up) in specs {
+                gauge
+                    .with_label_values(&[site.label.as_str(), spec])
+                    .set(i64::from(up));
+            }
+        }
+    }
+}
+
+/// The token of `metrics.token_file`, when configured.
+fn read_metrics_token(config: &Config) -> Result<Option<MetricsToken>, ConfigError> {
+    let Some(path) = config.metrics.as_ref().and_then(|m| m.token_file.as_ref()) else {
+        return Ok(None);
+    };
+    MetricsToken::read(path).map(Some).map_err(|e| {
+        ConfigError::invalid(
+            &config.file,
+            "metrics.token_file",
+            format!("{}: {e}", path.display()),
+        )
+    })
 }
 
 /// Identifies a file's content without reading it: a rename-over or an

@@ -36,6 +36,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("logging", 0),
     ("systemd", 0),
     ("request_head", 0),
+    ("usage", 0),
+    ("metrics_access", 0),
+    ("reload_history", 0),
     // L1: the serde surface and the typed configuration.
     ("config", 1),
     // L2: values built from configuration and data.
@@ -52,6 +55,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("route", 4),
     ("api", 4),
     ("site_request", 4),
+    ("dashboard", 4),
     // L5: Pingora glue.
     ("proxy", 5),
     ("accept", 5),

@@ -27,7 +27,8 @@ pub use store_url::StoreUrl;
 
 use crate::client_ip::TrustedProxies;
 use crate::limits::ClientPrefixes;
-use raw::{parse_toml, read, RawConfig, RawLimits, RawListen, RawTls};
+use crate::metrics_access::{is_loopback, AllowList};
+use raw::{parse_toml, read, RawConfig, RawLimits, RawListen, RawMetrics, RawTls};
 
 /// `visitord.toml`, validated, with every path resolved from the file's folder.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,9 +142,16 @@ pub struct ClientIpConfig {
     pub trusted_proxies: TrustedProxies,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `[metrics]`: the listener of `/metrics`, the dashboard and
+/// `/status.json`, and who may read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metrics {
     pub addr: SocketAddr,
+    /// Peers allowed to connect; empty: any (with a token, or on loopback).
+    pub allow: AllowList,
+    /// A file holding the bearer token every request must present; read
+    /// by the snapshot, so a new token takes effect on reload.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,10 +221,11 @@ impl Config {
 
         let sites = site::parse_sites(file, raw.site, &resolve)?;
 
-        let metrics = raw.metrics.enabled.then_some(Metrics {
-            addr: raw.metrics.addr,
-        });
-        if let Some(m) = metrics {
+        let metrics = match raw.metrics.enabled {
+            true => Some(metrics(file, raw.metrics, &resolve)?),
+            false => None,
+        };
+        if let Some(m) = &metrics {
             if let Some(l) = listeners.iter().find(|l| l.addr == m.addr) {
                 return Err(ConfigError::invalid(
                     file,
@@ -266,8 +275,39 @@ impl Config {
             files.extend(store.password_file.iter().cloned());
             files.extend(store.ca.iter().cloned());
         }
+        files.extend(self.metrics.iter().filter_map(|m| m.token_file.clone()));
         files
     }
+}
+
+/// `[metrics]`: off loopback, the listener needs an allow list or a token
+/// (or both), so that only Prometheus and the operator can read it.
+fn metrics(
+    file: &Path,
+    raw: RawMetrics,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Metrics, ConfigError> {
+    let token_file = raw
+        .token_file
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| resolve(&p));
+    if raw.allow.is_empty() && token_file.is_none() && !is_loopback(raw.addr.ip()) {
+        return Err(ConfigError::invalid(
+            file,
+            "metrics.addr",
+            format!(
+                "{} is not a loopback address: set metrics.allow (the networks \
+                 Prometheus scrapes from) or metrics.token_file (a bearer token), \
+                 or both, so that only they can read metrics and the dashboard",
+                raw.addr
+            ),
+        ));
+    }
+    Ok(Metrics {
+        addr: raw.addr,
+        allow: AllowList::new(raw.allow),
+        token_file,
+    })
 }
 
 fn listeners(file: &Path, raw: &[RawListen]) -> Result<Vec<Listener>, ConfigError> {
@@ -781,6 +821,37 @@ addr = "127.0.0.1:9180"
             e.contains("limits.shared_store_password_file: set without"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn metrics_off_loopback_need_an_allow_list_or_a_token() {
+        let text = |metrics: &str| GOOD.replace("addr = \"127.0.0.1:9180\"", metrics);
+        let e = error(&text("addr = \"0.0.0.0:9180\""));
+        assert!(
+            e.contains("metrics.addr: 0.0.0.0:9180 is not a loopback address: set metrics.allow"),
+            "{e}"
+        );
+        let e = error(&text("addr = \"[::]:9180\"\ntoken_file = \"\""));
+        assert!(e.contains("metrics.addr"), "{e}");
+        for loopback in ["127.0.0.2:9180", "[::1]:9180", "[::ffff:127.0.0.1]:9180"] {
+            parse(&text(&format!("addr = \"{loopback}\""))).unwrap();
+        }
+        let c = parse(&text("addr = \"0.0.0.0:9180\"\nallow = [\"10.0.0.0/8\"]")).unwrap();
+        let m = c.metrics.unwrap();
+        assert!(m.allow.contains("10.9.9.9".parse().unwrap()));
+        assert_eq!(m.token_file, None);
+        let c = parse(&text(
+            "addr = \"0.0.0.0:9180\"\ntoken_file = \"metrics.token\"",
+        ))
+        .unwrap();
+        let token = PathBuf::from("/etc/visitord/metrics.token");
+        assert_eq!(
+            c.metrics.as_ref().unwrap().token_file.as_ref(),
+            Some(&token)
+        );
+        assert!(c.source_files().contains(&token), "a new token reloads");
+        let e = error(&text("addr = \"0.0.0.0:9180\"\nallow = [\"10.0.0.0/33\"]"));
+        assert!(e.contains("metrics.allow"), "{e}");
     }
 
     #[test]

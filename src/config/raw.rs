@@ -274,6 +274,11 @@ pub(super) struct RawMetrics {
     pub(super) enabled: bool,
     #[serde(default = "default_metrics_addr")]
     pub(super) addr: SocketAddr,
+    #[serde(default)]
+    pub(super) allow: Vec<IpNet>,
+    /// `""` is the same as no token.
+    #[serde(default)]
+    pub(super) token_file: Option<PathBuf>,
 }
 
 impl Default for RawMetrics {
@@ -281,6 +286,8 @@ impl Default for RawMetrics {
         RawMetrics {
             enabled: true,
             addr: default_metrics_addr(),
+            allow: Vec::new(),
+            token_file: None,
         }
     }
 }
