@@ -9,14 +9,17 @@
 //!   client_ip proxy_protocol logging systemd`
 //! - L1 `config`: the serde surface and the typed configuration
 //! - L2 values built from configuration and data: `answer visitor query
-//!   tls sites upstream`
+//!   tls sites upstream acme`
 //! - L3 `snapshot`: one immutable world
 //! - L4 decisions: `route api site_request`
-//! - L5 Pingora glue: `proxy connection health_checks reload services`
+//! - L5 Pingora glue: `proxy connection health_checks reload services
+//!   acme_service`
 //! - L6 `server` (and the `visitord` binary)
 //!
 //! Pingora types are named only in L5, L6 and `upstream`.
 
+pub mod acme;
+pub mod acme_service;
 pub mod agent;
 pub mod answer;
 pub mod api;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub geo_build: IntGaugeVec,
     pub cert_expiry: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    pub acme_orders: IntCounterVec,
+    pub acme_next_renewal: IntGaugeVec,
 }
 
 /// The process-wide metrics. Creating them cannot fail for the fixed,
@@ -111,6 +113,18 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let acme_orders = counter(
+            &registry,
+            "visitord_acme_orders_total",
+            "ACME certificate orders placed by this node, by result (ok, error).",
+            &["result"],
+        );
+        let acme_next_renewal = gauge_vec(
+            &registry,
+            "visitord_acme_next_renewal_timestamp_seconds",
+            "When the next ACME order for each managed name is due (now for a name waiting for its first certificate or retrying).",
+            &["name"],
+        );
         Metrics {
             registry,
             requests,
@@ -122,6 +136,8 @@ impl Metrics {
             geo_build,
             cert_expiry,
             build_info,
+            acme_orders,
+            acme_next_renewal,
         }
     }
 
@@ -147,10 +163,11 @@ pub enum RouteLabel {
     Redirect,
     NotFound,
     Unknown,
+    AcmeChallenge,
 }
 
 impl RouteLabel {
-    const COUNT: usize = 8;
+    const COUNT: usize = 9;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -162,6 +179,7 @@ impl RouteLabel {
             RouteLabel::Redirect => "redirect",
             RouteLabel::NotFound => "not_found",
             RouteLabel::Unknown => "unknown",
+            RouteLabel::AcmeChallenge => "acme_challenge",
         }
     }
 }

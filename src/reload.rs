@@ -131,6 +131,9 @@ impl Reloader {
                     started.elapsed().as_millis()
                 );
                 self.last_failure = None;
+                if let Err(e) = crate::acme_service::prepare(&self.shared) {
+                    log::warn!("acme.state_dir: {e}");
+                }
                 self.follow_files();
                 crate::systemd::status(&format!("serving generation {generation}"));
             }

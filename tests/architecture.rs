@@ -5,7 +5,8 @@
 //! - the `use crate::…` graph has a cycle (sideways imports are allowed
 //!   only while they stay acyclic),
 //! - a Pingora type is named outside the Pingora layer (`proxy`,
-//!   `connection`, `health_checks`, `services`, `server`, `main`, and
+//!   `connection`, `health_checks`, `services`, `acme_service`, `server`,
+//!   `main`, and
 //!   `upstream`, whose peer templates are Pingora's `HttpPeer`).
 //!
 //! `pingora_limits` (a count-min sketch and an in-flight counter, no
@@ -42,6 +43,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("tls", 2),
     ("sites", 2),
     ("upstream", 2),
+    ("acme", 2),
     // L3: one immutable world.
     ("snapshot", 3),
     // L4: decisions.
@@ -54,6 +56,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("health_checks", 5),
     ("reload", 5),
     ("services", 5),
+    ("acme_service", 5),
     // L6: the server and the command line.
     ("server", 6),
     ("main", 6),
@@ -61,6 +64,7 @@ const LAYERS: &[(&str, u8)] = &[
 
 const PINGORA_MODULES: &[&str] = &[
     "proxy",
+    "acme_service",
     "connection",
     "health_checks",
     "services",
