@@ -23,7 +23,7 @@ use pingora::services::listening::Service;
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
-use crate::acme_service::AcmeService;
+use crate::acme_service::{AcmeService, TlsAlpnResponder};
 use crate::config::{Config, ListenerKind};
 use crate::connection::{open_connections, Guarded};
 use crate::health_checks::HealthChecks;
@@ -129,11 +129,12 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
             "visitord https"
         };
         let mut service = Service::new(name.to_owned(), handler(ListenerKind::Tls));
-        if proxy_protocol {
-            service
-                .endpoints()
-                .set_pre_tls_callback(Arc::new(ProxyProtocolReader));
-        }
+        service
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(BeforeTls {
+                proxy_protocol,
+                acme: TlsAlpnResponder::new(shared.clone()),
+            }));
         for addr in &tls_addrs {
             let mut tls =
                 TlsSettings::intermediate("", "").map_err(|e| ServerError::Tls(e.to_string()))?;
@@ -261,6 +262,25 @@ fn server_options(config: &Config) -> HttpServerOptions {
 /// `keepalive_requests` does. 0 means no limit.
 fn keepalive_reuses(requests: u32) -> Option<u32> {
     requests.checked_sub(1)
+}
+
+/// What runs on a TLS connection before Pingora's handshake: the PROXY
+/// protocol header on the listeners that take it, then the check for an
+/// ACME TLS-ALPN-01 handshake (which does nothing unless that challenge is
+/// configured).
+struct BeforeTls {
+    proxy_protocol: bool,
+    acme: TlsAlpnResponder,
+}
+
+#[async_trait]
+impl PreTlsProcess for BeforeTls {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        if self.proxy_protocol {
+            ProxyProtocolReader.process(stream).await?;
+        }
+        self.acme.answer(stream).await
+    }
 }
 
 /// How long a connection on a PROXY protocol listener may take to send its

@@ -351,6 +351,56 @@ fn http_01_issues_serves_by_sni_is_reused_after_a_restart_and_renews_on_request(
 }
 
 #[test]
+fn tls_alpn_01_is_answered_before_pingoras_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ports = PebblePorts::new();
+    let state = dir.path().join("state");
+    let files = node_files(
+        &dir.path().join("node"),
+        &ca,
+        &ports,
+        &state,
+        &format!("domains = [{NAME:?}]\nchallenge = \"tls-alpn-01\""),
+    );
+    // The CA's plain-HTTP port is closed: only TLS-ALPN-01 can succeed.
+    let pebble = Pebble::start(
+        &dir.path().join("pebble"),
+        ports,
+        free_port(),
+        files.https,
+        &ca,
+        &PebbleOptions::default(),
+    );
+    let node = Node::start(&files);
+    wait_served(&node, files.https(), NAME, &pebble, None);
+    wait_log(
+        &node,
+        &format!("acme: {NAME}: TLS-ALPN-01 challenge answered"),
+    );
+    assert_eq!(pebble.orders(), 1);
+    // Ordinary clients still get HTTP/2 or HTTP/1.1 on the same listener.
+    let client = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured({
+            let mut c = ca.client_config();
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            c
+        })
+        .resolve("localhost", files.https())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://localhost:{}/healthz", files.https))
+        .send()
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.version()),
+        (200, reqwest::Version::HTTP_2)
+    );
+}
+
+#[test]
 fn failures_back_off_with_the_cas_reason_while_the_old_certificate_serves() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
