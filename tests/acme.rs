@@ -696,3 +696,41 @@ fn http_01_tokens_are_answered_from_state_dir_before_the_redirect() {
         Some(1.0)
     );
 }
+
+#[test]
+fn check_says_which_names_a_file_pair_serves_and_refuses_wildcards() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ports = PebblePorts::new();
+    let state = dir.path().join("state");
+    let files = node_files(
+        &dir.path().join("node"),
+        &ca,
+        &ports,
+        &state,
+        &format!("domains = [\"www.covered.test\", {NAME:?}]"),
+    );
+    ca.leaf(
+        &files.dir.join("tls"),
+        "server",
+        &["localhost", "*.covered.test"],
+    );
+    let (ok, out, err) = run_cli(&["check", "--config", files.config_arg()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(": 0 with a certificate, 1 waiting: shop.test"),
+        "{out}"
+    );
+    assert!(
+        out.contains("acme: served from a [tls] file pair instead: www.covered.test"),
+        "{out}"
+    );
+
+    files.write_config(&ports, &state, "domains = [\"*.covered.test\"]");
+    let (ok, _, err) = run_cli(&["check", "--config", files.config_arg()]);
+    assert!(!ok);
+    assert!(
+        err.contains("visitord.toml: acme.domains[0]: \"*.covered.test\": a wildcard certificate needs the DNS-01 challenge"),
+        "{err}"
+    );
+}

@@ -225,12 +225,16 @@ pub struct Issued {
 struct Answers<'s> {
     store: &'s Store,
     tokens: Vec<String>,
+    names: Vec<String>,
 }
 
 impl Drop for Answers<'_> {
     fn drop(&mut self) {
         for token in &self.tokens {
             self.store.remove_http01(token);
+        }
+        for name in &self.names {
+            self.store.remove_tls_alpn01(name);
         }
     }
 }
@@ -255,6 +259,7 @@ pub async fn order(
     let mut answers = Answers {
         store,
         tokens: Vec::new(),
+        names: Vec::new(),
     };
     let kind = match challenge {
         Challenge::Http01 => ChallengeType::Http01,
@@ -288,6 +293,7 @@ pub async fn order(
             }
             Challenge::TlsAlpn01 => {
                 store.write_tls_alpn01(name, key_authorization.as_str())?;
+                answers.names.push(name.to_owned());
             }
         }
         step(ch.set_ready()).await?;
@@ -307,9 +313,6 @@ pub async fn order(
                 .await
                 .unwrap_or_else(|| format!("the order is {status:?}")),
         ));
-    }
-    if challenge == Challenge::TlsAlpn01 {
-        store.remove_tls_alpn01(name);
     }
     drop(answers);
 

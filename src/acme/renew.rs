@@ -56,6 +56,9 @@ pub struct Renewer {
     /// The names of the last pass, to drop the gauges of names no longer
     /// managed.
     last_names: Vec<String>,
+    /// The `[acme]` of the last pass: a reload that changes it (another
+    /// CA file, another key id) starts from fresh accounts.
+    last_config: Option<Acme>,
 }
 
 /// What one pass did, for the log and the tests.
@@ -74,12 +77,18 @@ impl Renewer {
             ari_retry: HashMap::new(),
             warned: HashSet::new(),
             last_names: Vec::new(),
+            last_config: None,
         }
     }
 
     /// Looks at every managed name once; orders what is due.
     pub async fn pass(&mut self, acme: &Acme, store: &Store, names: &[Managed]) -> Pass {
         let mut pass = Pass::default();
+        if self.last_config.as_ref() != Some(acme) {
+            self.accounts.clear();
+            self.no_ari.clear();
+            self.last_config = Some(acme.clone());
+        }
         let names_now: Vec<String> = names.iter().map(|m| m.name.clone()).collect();
         if names_now != self.last_names {
             METRICS.acme_next_renewal.reset();
@@ -170,6 +179,14 @@ impl Renewer {
         }
         let outcome = tokio::time::timeout(ORDER_TIMEOUT, self.order(acme, store, m)).await;
         let outcome = outcome.unwrap_or(Err(AcmeError::Timeout(ORDER_TIMEOUT)));
+        if let Err(AcmeError::AccountBusy(owner)) = &outcome {
+            // Not a failure: the next pass uses the account it creates.
+            log::debug!(
+                "acme: {}: waiting for {owner} to create the account",
+                m.name
+            );
+            return;
+        }
         let mut record = meta.unwrap_or_default();
         match outcome.and_then(|issued| keep(acme, store, &m.name, issued)) {
             Ok(kept) => {
