@@ -55,15 +55,22 @@ impl BackgroundService for AcmeService {
             note_waiting(&snap, &mut waiting_logged);
             drop(snap);
             let pass = async {
-                if let Some((config, plan)) = &work {
-                    if let Err(e) = plan.store.prepare() {
-                        log::warn!("acme: {e}");
-                    }
-                    renewer.pass(config, &plan.store, &names).await;
+                let (config, plan) = work.as_ref()?;
+                if let Err(e) = plan.store.prepare() {
+                    log::warn!("acme: {e}");
                 }
+                Some(renewer.pass(config, &plan.store, &names).await)
             };
             tokio::select! {
-                () = pass => {}
+                pass = pass => {
+                    if pass.is_some_and(|p| p.reload) {
+                        // The reload thread's SIGHUP path rebuilds the
+                        // snapshot, as `systemctl reload` would.
+                        if let Err(e) = signal_hook::low_level::raise(signal_hook::consts::SIGHUP) {
+                            log::warn!("acme: cannot ask for a reload: {e}");
+                        }
+                    }
+                }
                 _ = shutdown.changed() => break,
             }
             tokio::select! {

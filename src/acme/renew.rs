@@ -59,13 +59,21 @@ pub struct Renewer {
     /// The `[acme]` of the last pass: a reload that changes it (another
     /// CA file, another key id) starts from fresh accounts.
     last_config: Option<Acme>,
+    /// The stored certificate a reload was asked for, by name: asked once
+    /// per certificate, so a file the reload refuses is not retried in a
+    /// loop.
+    reload_asked: HashMap<String, String>,
 }
 
-/// What one pass did, for the log and the tests.
+/// What one pass found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pass {
     /// The earliest moment something is due, Unix seconds.
     pub next: Option<i64>,
+    /// A certificate newer than the one served is stored (another node
+    /// renewed it, and this node's watcher did not see the file change,
+    /// as on a network file system): the snapshot should be rebuilt.
+    pub reload: bool,
 }
 
 impl Renewer {
@@ -78,6 +86,7 @@ impl Renewer {
             warned: HashSet::new(),
             last_names: Vec::new(),
             last_config: None,
+            reload_asked: HashMap::new(),
         }
     }
 
@@ -111,6 +120,15 @@ impl Renewer {
                 }
             };
             let current = m.current.as_ref().map(|s| &s.facts);
+            if renewed_elsewhere(current, meta.as_ref(), store, &m.name, now) {
+                let serial = meta.as_ref().and_then(|r| r.serial.clone()).unwrap_or_default();
+                if self.reload_asked.get(&m.name) != Some(&serial) {
+                    log::info!("acme: {}: a newer certificate is stored (serial {serial}); reloading", m.name);
+                    self.reload_asked.insert(m.name.clone(), serial);
+                    pass.reload = true;
+                }
+                continue;
+            }
             let due = schedule::due_at(current, meta.as_ref(), acme.renew_before);
             METRICS
                 .acme_next_renewal
