@@ -68,8 +68,6 @@ pub struct Renewer {
 /// What one pass found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pass {
-    /// The earliest moment something is due, Unix seconds.
-    pub next: Option<i64>,
     /// A certificate newer than the one served is stored (another node
     /// renewed it, and this node's watcher did not see the file change,
     /// as on a network file system): the snapshot should be rebuilt.
@@ -121,9 +119,15 @@ impl Renewer {
             };
             let current = m.current.as_ref().map(|s| &s.facts);
             if renewed_elsewhere(current, meta.as_ref(), store, &m.name, now) {
-                let serial = meta.as_ref().and_then(|r| r.serial.clone()).unwrap_or_default();
+                let serial = meta
+                    .as_ref()
+                    .and_then(|r| r.serial.clone())
+                    .unwrap_or_default();
                 if self.reload_asked.get(&m.name) != Some(&serial) {
-                    log::info!("acme: {}: a newer certificate is stored (serial {serial}); reloading", m.name);
+                    log::info!(
+                        "acme: {}: a newer certificate is stored (serial {serial}); reloading",
+                        m.name
+                    );
                     self.reload_asked.insert(m.name.clone(), serial);
                     pass.reload = true;
                 }
@@ -140,7 +144,6 @@ impl Renewer {
                 if schedule::ari_check_due(&served.facts, meta.as_ref(), now) {
                     self.check_window(acme, store, &m.name, served, now).await;
                 }
-                pass.next = Some(pass.next.map_or(due, |n| n.min(due)));
             }
         }
         pass
@@ -166,10 +169,13 @@ impl Renewer {
                 return;
             }
             Err(e) => {
-                log::warn!("acme: {}: cannot take the lease: {e}", m.name);
+                if self.warned.insert(format!("lease {}", m.name)) {
+                    log::warn!("acme: {}: cannot take the lease: {e}", m.name);
+                }
                 return;
             }
         };
+        self.warned.remove(&format!("lease {}", m.name));
         // Under the lease, the record on disk is the truth: another node
         // may have renewed (its file not loaded here yet) or backed off.
         let meta = match store.read_meta(&m.name) {
