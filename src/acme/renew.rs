@@ -447,9 +447,160 @@ fn format_unix(secs: i64) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
+#[allow(clippy::unwrap_used, clippy::expect_used)] // STYLE: allowed in tests
 mod tests {
+    use super::super::unix_now;
     use super::*;
+    use base64::Engine as _;
+
+    /// A CA that offers renewal information: an HTTPS directory naming a
+    /// `renewalInfo` endpoint, which suggests `window` (RFC 3339 times)
+    /// with `Retry-After: 21600`. Returns its directory URL and the PEM of
+    /// the certificate its HTTPS uses.
+    async fn ari_ca(window: (&'static str, &'static str)) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let pem = generated.cert.pem();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![generated.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    generated.signing_key.serialize_der().into(),
+                ),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("https://{}", listener.local_addr().unwrap());
+        let directory = format!("{base}/dir");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    let (extra, body) = if line.starts_with("GET /dir ") {
+                        (
+                            "",
+                            format!(
+                                r#"{{"newNonce":"{base}/nonce","newAccount":"{base}/acct","newOrder":"{base}/order","renewalInfo":"{base}/ari"}}"#
+                            ),
+                        )
+                    } else if line.starts_with("GET /ari/") {
+                        (
+                            "Retry-After: 21600\r\n",
+                            format!(
+                                r#"{{"suggestedWindow":{{"start":"{}","end":"{}"}}}}"#,
+                                window.0, window.1
+                            ),
+                        )
+                    } else {
+                        return;
+                    };
+                    let response = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (directory, pem)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cas_renewal_window_sets_the_renewal_time() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (directory, ca_pem) = ari_ca(("2030-01-10T00:00:00Z", "2030-01-12T00:00:00Z")).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+        let config = crate::config::Config::parse(
+            &dir.path().join("visitord.toml"),
+            &format!(
+                "[[listen]]\naddr = \"127.0.0.1:8443\"\ntls = true\n\
+                 [[listen]]\naddr = \"127.0.0.1:8080\"\nredirect_https_port = 8443\n\
+                 [geo]\ndatabases = [\"x.mmdb\"]\n\
+                 [acme]\ndirectory = {directory:?}\ndirectory_ca = \"ca.pem\"\nstate_dir = \"state\"\ndomains = [\"a.example\"]\n"
+            ),
+        )
+        .unwrap();
+        let acme = config.acme.unwrap();
+        let store = Store::new(&acme.state_dir, &acme.directory);
+        store.prepare().unwrap();
+        // A stored account (no request needed but the directory).
+        let key = rcgen::KeyPair::generate().unwrap();
+        let credentials = serde_json::json!({
+            "id": format!("{directory}/acct/1"),
+            "key_pkcs8": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.serialize_der()),
+            "directory": directory,
+        });
+        store
+            .write_account(credentials.to_string().as_bytes())
+            .unwrap();
+
+        // The certificate served, issued by a CA (ARI names it by the
+        // issuer's key id and its serial).
+        let issuer_key = rcgen::KeyPair::generate().unwrap();
+        let mut issuer_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        issuer_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = rcgen::Issuer::new(issuer_params, issuer_key);
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        let facts = Current {
+            serial: "1".into(),
+            not_before: 0,
+            not_after: 2_000_000_000,
+        };
+        store
+            .write_meta(
+                "a.example",
+                &Meta {
+                    serial: Some("1".into()),
+                    renew_at: Some(1_900_000_000),
+                    ..Meta::default()
+                },
+            )
+            .unwrap();
+        let managed = [Managed {
+            name: "a.example".into(),
+            current: Some(Served {
+                facts: facts.clone(),
+                leaf: leaf.der().clone(),
+            }),
+        }];
+
+        let mut renewer = Renewer::new("test".into());
+        let pass = renewer.pass(&acme, &store, &managed).await;
+        assert!(!pass.reload);
+        let m = store.read_meta("a.example").unwrap().unwrap();
+        let (start, end) = (1_894_233_600, 1_894_406_400); // 2030-01-10 .. 2030-01-12
+        let ari = m.ari.expect("the window is recorded");
+        assert_eq!((ari.start, ari.end), (start, end));
+        assert!(ari.next_check > unix_now() + 21_000, "Retry-After is kept");
+        let at = m.renew_at.unwrap();
+        assert!((start..=end).contains(&at), "{at}");
+        assert_eq!(schedule::due_at(Some(&facts), Some(&m), None), at);
+        // Asked again before its Retry-After: nothing moves.
+        renewer.pass(&acme, &store, &managed).await;
+        assert_eq!(store.read_meta("a.example").unwrap().unwrap(), m);
+    }
 
     #[test]
     fn a_forced_renewal_is_due_now_and_clears_the_backoff() {
