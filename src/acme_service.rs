@@ -25,9 +25,9 @@ use crate::metrics::METRICS;
 use crate::snapshot::{Shared, Snapshot};
 use crate::tls::CertSource;
 
-/// How often the state is looked at when nothing is due sooner: a
-/// renewal another node recorded, or one forced with
-/// `visitord certs --renew`, is noticed within this.
+/// How often the managed names are looked at: a renewal another node
+/// recorded, or one asked for with `visitord certs --renew`, is noticed
+/// within this. A look reads one small record per name.
 const TICK: Duration = Duration::from_secs(5);
 
 pub struct AcmeService {
@@ -44,10 +44,8 @@ impl AcmeService {
 impl BackgroundService for AcmeService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut renewer = Renewer::new(owner());
-        for result in ["ok", "error"] {
-            METRICS.acme_orders.with_label_values(&[result]);
-        }
         let mut waiting_logged: Option<Vec<String>> = None;
+        let mut folder_error: Option<String> = None;
         loop {
             let snap = self.shared.load_full();
             let work = snap.config.acme.clone().zip(snap.acme.clone());
@@ -56,8 +54,16 @@ impl BackgroundService for AcmeService {
             drop(snap);
             let pass = async {
                 let (config, plan) = work.as_ref()?;
-                if let Err(e) = plan.store.prepare() {
-                    log::warn!("acme: {e}");
+                // Both results exist from the start, so a dashboard reads 0.
+                for result in ["ok", "error"] {
+                    METRICS.acme_orders.with_label_values(&[result]);
+                }
+                let prepared = plan.store.prepare().map_err(|e| e.to_string());
+                if prepared.as_ref().err() != folder_error.as_ref() {
+                    if let Err(e) = &prepared {
+                        log::warn!("acme: {e}");
+                    }
+                    folder_error = prepared.err();
                 }
                 Some(renewer.pass(config, &plan.store, &names).await)
             };
