@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use visitord::acme;
+use visitord::acme::{self, format_unix};
 use visitord::snapshot::Snapshot;
 use visitord::tls::{CertSource, LoadedCertificate};
 use visitord::{server, tls};
@@ -265,12 +265,6 @@ fn next_order(
         ));
     }
     out
-}
-
-fn format_unix(secs: i64) -> String {
-    let t =
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn lookup(config: PathBuf, ip: IpAddr, user_agent: Option<&str>) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use instant_acme::Account;
 use rustls::pki_types::CertificateDer;
 
 use super::client::{self, AcmeError, LEASE_TTL};
+use super::format_unix;
 use super::lease::{Lease, Taken};
 use super::schedule::{self, Current};
 use super::store::{Meta, Store, StoreError};
@@ -439,11 +440,6 @@ fn keep(acme: &Acme, store: &Store, name: &str, issued: client::Issued) -> Resul
         .write_meta(name, &record)
         .map_err(|e: StoreError| AcmeError::Store(e))?;
     Ok(record)
-}
-
-fn format_unix(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]
