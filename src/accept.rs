@@ -18,7 +18,9 @@
 //!   socket closes, so the place is released however the connection ends:
 //!   a failed or timed-out handshake, or the end of a served connection;
 //! - it starts a watchdog that shuts the socket down if the handshake is
-//!   not done within `limits.tls_handshake_timeout`.
+//!   not done within `limits.tls_handshake_timeout`;
+//! - it answers an ACME CA's TLS-ALPN-01 handshake itself
+//!   (`acme_service::TlsAlpnResponder`), which Pingora's TLS settings cannot.
 //!
 //! The application wrapper (`connection::Guarded`) tells the gate when a
 //! handshake is done ([`handshake_done`]), keyed by the socket's descriptor,
@@ -39,6 +41,7 @@ use pingora::upstreams::peer::{Tracer, Tracing};
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncReadExt;
 
+use crate::acme_service::TlsAlpnResponder;
 use crate::limits::{ConnectionPlace, Limiter, Refusal, CONNECTION_REFUSED};
 use crate::metrics::METRICS;
 use crate::proxy_protocol::{self, Parsed, ProxyHeader};
@@ -54,11 +57,15 @@ pub struct AcceptGate {
     limiter: Arc<Limiter>,
     /// The listener's connections start with a PROXY protocol header.
     proxy_protocol: bool,
+    /// Answers an ACME CA's TLS-ALPN-01 handshake (nothing unless that
+    /// challenge is configured).
+    acme: TlsAlpnResponder,
 }
 
 impl AcceptGate {
     pub fn new(shared: Shared, limiter: Arc<Limiter>, proxy_protocol: bool) -> AcceptGate {
         AcceptGate {
+            acme: TlsAlpnResponder::new(Arc::clone(&shared)),
             shared,
             limiter,
             proxy_protocol,
@@ -95,7 +102,7 @@ impl PreTlsProcess for AcceptGate {
             tokio::time::sleep(timeout).await;
             expire(&watched);
         });
-        Ok(())
+        self.acme.answer(stream).await
     }
 }
 

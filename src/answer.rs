@@ -172,6 +172,19 @@ fn push_ascii_uri(out: &mut String, text: &str) {
     }
 }
 
+/// The answer to an ACME HTTP-01 challenge (RFC 8555 §8.3): the key
+/// authorization stored for its token, or 404 for a token not held.
+pub fn acme_challenge(key_authorization: Option<Vec<u8>>) -> Answer {
+    match key_authorization {
+        Some(body) => {
+            let mut a = Answer::new(200, Bytes::from(body));
+            a.content_type = "application/octet-stream";
+            a
+        }
+        None => not_found(),
+    }
+}
+
 /// `/healthz` and `/readyz`: a process that answers has a snapshot, so it
 /// is both alive and ready (it does not listen before the first one loads).
 pub fn health() -> Answer {
@@ -289,6 +302,17 @@ mod tests {
         );
         // A missing or invalid `Host` (refused by `host::parse_authority`).
         assert_eq!(redirect(None, 443, "/").status, 400);
+    }
+
+    #[test]
+    fn acme_challenges_answer_the_stored_key_authorization_or_404() {
+        let a = acme_challenge(Some(b"token.thumbprint".to_vec()));
+        assert_eq!(
+            (a.status, a.content_type),
+            (200, "application/octet-stream")
+        );
+        assert_eq!(&a.body[..], b"token.thumbprint");
+        assert_eq!(acme_challenge(None).status, 404);
     }
 
     #[test]

@@ -10,16 +10,18 @@
 //!   metrics_access reload_history`
 //! - L1 `config`: the serde surface and the typed configuration
 //! - L2 values built from configuration and data: `answer visitor query
-//!   tls sites upstream shared_store`
+//!   tls sites upstream shared_store acme`
 //! - L3 `snapshot`: one immutable world
 //! - L4 decisions and views: `route api site_request dashboard`
 //! - L5 Pingora glue: `proxy accept connection health_checks reload services
-//!   store_sync`
+//!   store_sync acme_service`
 //! - L6 `server` (and the `visitord` binary)
 //!
 //! Pingora types are named only in L5, L6 and `upstream`.
 
 pub mod accept;
+pub mod acme;
+pub mod acme_service;
 pub mod agent;
 pub mod answer;
 pub mod api;

@@ -1,5 +1,6 @@
 //! `visitord`: the command line. `run` serves, `check` validates exactly what
-//! `run` would load, `lookup` answers one address from the shell.
+//! `run` would load, `lookup` answers one address from the shell, `certs`
+//! lists the certificates served.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -8,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use visitord::acme::{self, format_unix};
 use visitord::snapshot::Snapshot;
+use visitord::tls::{CertSource, LoadedCertificate};
 use visitord::{server, tls};
 
 #[derive(Debug, Parser)]
@@ -53,6 +56,16 @@ enum Command {
     /// Create a self-signed development certificate for localhost at the
     /// first [tls] certificate pair of the config, unless both files exist.
     DevCert(ConfigArg),
+    /// List the certificates served (file pairs and ACME), their issuer,
+    /// expiry and next renewal, and the names waiting for one.
+    Certs {
+        /// Ask every node sharing acme.state_dir to renew NAME's ACME
+        /// certificate now.
+        #[arg(long, value_name = "NAME")]
+        renew: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +83,10 @@ fn main() -> ExitCode {
             config: ConfigArg { config },
         } => lookup(config, ip, user_agent.as_deref()),
         Command::DevCert(ConfigArg { config }) => dev_cert(config),
+        Command::Certs {
+            renew,
+            config: ConfigArg { config },
+        } => certs(config, renew.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,7 +125,146 @@ fn check(config: PathBuf) -> anyhow::Result<()> {
         snapshot.certificates.iter().count(),
         snapshot.sites.len(),
     );
+    if let (Some(acme), Some(plan)) = (&c.acme, &snapshot.acme) {
+        let waiting: Vec<&str> = snapshot.certificates.waiting().collect();
+        println!(
+            "acme: {} name(s) from {}{}: {} with a certificate, {} waiting{}",
+            plan.managed.len(),
+            acme.directory,
+            if acme.domains_from_sites {
+                " (the sites' hosts)"
+            } else {
+                ""
+            },
+            plan.managed.len() - waiting.len(),
+            waiting.len(),
+            list(": ", &waiting),
+        );
+        if !plan.covered.is_empty() {
+            println!(
+                "acme: served from a [tls] file pair instead: {}",
+                plan.covered.join(", ")
+            );
+        }
+    }
     Ok(())
+}
+
+/// `", a, b"`-style: `prefix` and the items, or nothing for none.
+fn list(prefix: &str, items: &[&str]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}{}", items.join(", "))
+    }
+}
+
+fn certs(config: PathBuf, renew: Option<&str>) -> anyhow::Result<()> {
+    let snapshot = Snapshot::load(&config, 1)?;
+    if let Some(name) = renew {
+        let plan = snapshot
+            .acme
+            .as_ref()
+            .filter(|p| p.managed.iter().any(|n| n == name))
+            .ok_or_else(|| acme::renew::ForceError::NotManaged(name.to_owned()))?;
+        let serial = snapshot
+            .certificates
+            .for_name(name)
+            .filter(|c| c.source == CertSource::Acme)
+            .map(|c| c.serial.as_str());
+        acme::renew::force(
+            &plan.store,
+            name,
+            serial,
+            "visitord certs --renew",
+            acme::unix_now(),
+        )?;
+        println!("{name}: renewal requested; running nodes order it within seconds");
+        return Ok(());
+    }
+    for cert in snapshot.certificates.iter() {
+        print_certificate(&snapshot, cert);
+    }
+    for name in snapshot.certificates.waiting() {
+        println!(
+            "{name}\n  source:       acme: waiting for its first certificate (handshakes refused)"
+        );
+        if let Some(plan) = &snapshot.acme {
+            println!(
+                "  next attempt: {}",
+                next_order(plan, name, None, &snapshot)
+            );
+        }
+    }
+    if let Some(plan) = snapshot.acme.as_ref().filter(|p| !p.covered.is_empty()) {
+        println!(
+            "served from a [tls] file pair instead of ACME: {}",
+            plan.covered.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn print_certificate(snapshot: &Snapshot, cert: &LoadedCertificate) {
+    println!("{}", cert.names.join(", "));
+    match (cert.source, &snapshot.acme) {
+        (CertSource::Acme, Some(plan)) => {
+            let name = cert.names.first().map_or("", String::as_str);
+            println!("  source:       acme: {}", cert.files.cert.display());
+            println!("  issuer:       {}", cert.issuer);
+            println!("  not after:    {}", format_unix(cert.not_after));
+            println!(
+                "  next renewal: {}",
+                next_order(plan, name, Some(cert), snapshot)
+            );
+        }
+        _ => {
+            println!("  source:       file: {}", cert.files.cert.display());
+            println!("  issuer:       {}", cert.issuer);
+            println!("  not after:    {}", format_unix(cert.not_after));
+            println!("  next renewal: none here (replace the files; they reload live)");
+        }
+    }
+}
+
+/// When the next order for `name` is due, from its record, and the last
+/// failure if it is backing off.
+fn next_order(
+    plan: &acme::Plan,
+    name: &str,
+    cert: Option<&LoadedCertificate>,
+    snapshot: &Snapshot,
+) -> String {
+    let meta = match plan.store.read_meta(name) {
+        Ok(meta) => meta,
+        Err(e) => return format!("unknown: {e}"),
+    };
+    let current = cert.map(|c| acme::schedule::Current {
+        serial: c.serial.clone(),
+        not_before: c.not_before,
+        not_after: c.not_after,
+    });
+    let renew_before = snapshot.config.acme.as_ref().and_then(|a| a.renew_before);
+    let due = acme::schedule::due_at(current.as_ref(), meta.as_ref(), renew_before);
+    let mut out = if due <= acme::unix_now() {
+        "now".to_owned()
+    } else {
+        format_unix(due)
+    };
+    if let Some(m) = meta.as_ref().filter(|m| m.failures > 0) {
+        out.push_str(&format!(
+            " (after {} failed order(s); last: {})",
+            m.failures,
+            m.last_error.as_deref().unwrap_or("")
+        ));
+    } else if let Some(w) = meta.as_ref().and_then(|m| m.ari) {
+        out.push_str(&format!(
+            " (inside the CA's window {} .. {})",
+            format_unix(w.start),
+            format_unix(w.end)
+        ));
+    }
+    out
 }
 
 fn lookup(config: PathBuf, ip: IpAddr, user_agent: Option<&str>) -> anyhow::Result<()> {

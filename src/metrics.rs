@@ -32,6 +32,8 @@ pub struct Metrics {
     pub shared_store_up: IntGauge,
     pub site_requests: IntCounterVec,
     pub upstream_up: IntGaugeVec,
+    pub acme_orders: IntCounterVec,
+    pub acme_next_renewal: IntGaugeVec,
 }
 
 /// The process-wide metrics. Creating them cannot fail for the fixed,
@@ -175,6 +177,18 @@ impl Metrics {
             "1 when every address of a site's upstream passes its health checks, by site and upstream as configured.",
             &["site", "upstream"],
         );
+        let acme_orders = counter(
+            &registry,
+            "visitord_acme_orders_total",
+            "ACME certificate orders placed by this node, by result (ok, error).",
+            &["result"],
+        );
+        let acme_next_renewal = gauge_vec(
+            &registry,
+            "visitord_acme_next_renewal_timestamp_seconds",
+            "When the next ACME order for each managed name is due (now for a name waiting for its first certificate or retrying).",
+            &["name"],
+        );
         Metrics {
             registry,
             requests,
@@ -194,6 +208,8 @@ impl Metrics {
             shared_store_up,
             site_requests,
             upstream_up,
+            acme_orders,
+            acme_next_renewal,
         }
     }
 
@@ -220,6 +236,7 @@ pub enum RouteLabel {
     NotFound,
     BadRequest,
     Unknown,
+    AcmeChallenge,
 }
 
 impl RouteLabel {
@@ -236,6 +253,7 @@ impl RouteLabel {
             RouteLabel::NotFound => "not_found",
             RouteLabel::BadRequest => "bad_request",
             RouteLabel::Unknown => "unknown",
+            RouteLabel::AcmeChallenge => "acme_challenge",
         }
     }
 }

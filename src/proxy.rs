@@ -15,6 +15,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::acme;
 use crate::answer::{self, Answer};
 use crate::api;
 use crate::config::ListenerKind;
@@ -105,6 +106,7 @@ impl ProxyHttp for Visitord {
             Route::Redirect { https_port } => {
                 answer::redirect(facts.valid_host(), https_port, facts.path_and_query)
             }
+            Route::AcmeChallenge => acme_challenge(snap, facts.path).await,
             Route::Api => api::answer(snap, &facts, &self.limiter),
             Route::NotFound => answer::not_found(),
             Route::InvalidHost => answer::error(400, "invalid Host header"),
@@ -459,6 +461,20 @@ async fn respond(
         s.write_response_body(Some(answer.body), true).await?;
     }
     Ok(())
+}
+
+/// Reads the key authorization for an HTTP-01 token from `acme.state_dir`
+/// (any node of a fleet answers for the one that ordered) off the worker
+/// thread: the folder may be a network file system.
+async fn acme_challenge(snap: &Snapshot, path: &str) -> Answer {
+    let file = acme::challenge::http01_token(path)
+        .zip(snap.acme.as_ref())
+        .and_then(|(token, plan)| plan.store.http01_file(token));
+    let body = match file {
+        Some(file) => tokio::fs::read(file).await.ok(),
+        None => None,
+    };
+    answer::acme_challenge(body)
 }
 
 fn peer_ip(s: &Session) -> IpAddr {

@@ -146,6 +146,9 @@ impl Reloader {
                     generation,
                     refused: None,
                 });
+                if let Err(e) = crate::acme_service::prepare(&self.shared) {
+                    log::warn!("acme.state_dir: {e}");
+                }
                 self.follow_files();
                 crate::systemd::status(&format!("serving generation {generation}"));
             }

@@ -9,8 +9,9 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
+use crate::acme::challenge::http01_token;
 use crate::client_ip::{self, ClientIp};
-use crate::config::ListenerKind;
+use crate::config::{Challenge, ListenerKind};
 use crate::host::{self, Authority, HostError};
 use crate::metrics::RouteLabel;
 use crate::snapshot::Snapshot;
@@ -185,10 +186,15 @@ pub enum Route {
     /// `/readyz`: a snapshot is loaded.
     Ready,
     Api,
-    /// Plain listener: everything but health goes to HTTPS.
+    /// Plain listener: everything but health (and ACME's HTTP-01
+    /// challenges) goes to HTTPS.
     Redirect {
         https_port: u16,
     },
+    /// Plain listener, `/.well-known/acme-challenge/TOKEN` while `[acme]`
+    /// uses HTTP-01: answered from `acme.state_dir`, before any redirect
+    /// (RFC 8555 §8.3).
+    AcmeChallenge,
     NotFound,
     /// Proxied to the site with this index in `Snapshot::sites`.
     Site(usize),
@@ -208,6 +214,7 @@ impl Route {
             Route::Ready => RouteLabel::Readyz,
             Route::Api => RouteLabel::Api,
             Route::Redirect { .. } => RouteLabel::Redirect,
+            Route::AcmeChallenge => RouteLabel::AcmeChallenge,
             Route::NotFound => RouteLabel::NotFound,
             Route::Site(_) => RouteLabel::Site,
             Route::SiteApi(_) => RouteLabel::SiteApi,
@@ -247,9 +254,17 @@ pub fn route(snap: &Snapshot, facts: &RequestFacts<'_>) -> Route {
             };
         }
     }
+    let http01 = snap
+        .config
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == Challenge::Http01);
     match facts.path {
         "/healthz" => Route::Health,
         "/readyz" => Route::Ready,
+        path if https_port.is_some() && http01 && http01_token(path).is_some() => {
+            Route::AcmeChallenge
+        }
         _ => match https_port {
             Some(https_port) => Route::Redirect { https_port },
             None if snap.config.api.path.matches(facts.path) => Route::Api,
@@ -425,6 +440,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn http_01_challenges_are_answered_on_the_plain_listener_only() {
+        let snap = snapshot("[acme]\nstate_dir = \"acme\"\ndomains = [\"shop.example.com\"]\n");
+        let at = |path: &str, listener: ListenerKind| {
+            let req = request("GET", path, &[("host", "shop.example.com")]);
+            route(&snap, &facts(&snap, &req, listener))
+        };
+        let challenge = "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+        assert_eq!(at(challenge, PLAIN), Route::AcmeChallenge);
+        assert_eq!(
+            at("/.well-known/acme-challenge/", PLAIN),
+            Route::AcmeChallenge
+        );
+        assert_eq!(
+            at("/.well-known/other", PLAIN),
+            Route::Redirect { https_port: 8443 }
+        );
+        assert_eq!(at(challenge, TLS), Route::NotFound);
+        assert_eq!(at("/healthz", PLAIN), Route::Health);
+        assert_eq!(Route::AcmeChallenge.label().as_str(), "acme_challenge");
+    }
+
+    #[test]
     fn site_hosts_route_to_their_site_and_keep_every_path() {
         let snap = snapshot(
             "[[site]]\nhosts = [\"shop.example.com\", \"*.wild.test\"]\nupstreams = [\"127.0.0.1:1\"]\napi_path = \"/visitor-api/\"\n",
@@ -453,6 +490,11 @@ pub(crate) mod tests {
         assert_eq!(at(Some("localhost"), "/healthz", TLS), Route::Health);
         assert_eq!(at(None, "/api/", TLS), Route::Api);
         assert_eq!(at(shop, "/", PLAIN), Route::Redirect { https_port: 8443 });
+        assert_eq!(
+            at(shop, "/.well-known/acme-challenge/abc", PLAIN),
+            Route::Redirect { https_port: 8443 },
+            "without [acme], challenges are not answered"
+        );
         assert_eq!(Route::Site(3).label(), RouteLabel::Site);
         assert_eq!(Route::SiteApi(3).label().as_str(), "site_api");
     }

@@ -16,6 +16,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::accept::AcceptGate;
+use crate::acme_service::AcmeService;
 use crate::config::{Config, ListenerKind};
 use crate::connection::{open_connections, Guarded};
 use crate::health_checks::HealthChecks;
@@ -40,6 +41,8 @@ pub enum ServerError {
     Reload(#[from] crate::reload::ReloadError),
     #[error("TLS listener setup: {0}")]
     Tls(String),
+    #[error("acme.state_dir: {0}")]
+    AcmeState(#[from] crate::acme::store::StoreError),
 }
 
 /// Every address we will listen on, with the config key that names it.
@@ -181,6 +184,14 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         StoreSync::new(shared.clone(), limiter.clone()),
     ));
 
+    // Always there: an [acme] section added by a reload starts working.
+    server.add_service(background_service(
+        "visitord acme",
+        AcmeService::new(shared.clone()),
+    ));
+
+    // The state folders exist before the watcher looks for them.
+    crate::acme_service::prepare(&shared)?;
     crate::reload::spawn(config.file.clone(), shared.clone(), history)?;
 
     let serving = format!(

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::acme::{self, client::AcmeError};
 use crate::agent::{AgentError, AgentParser};
 use crate::config::{Config, ConfigError, Projects};
 use crate::geo::{GeoDb, GeoError};
@@ -43,6 +44,8 @@ pub enum LoadError {
     Agent(#[from] AgentError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
 }
 
 impl LoadError {
@@ -54,6 +57,7 @@ impl LoadError {
             LoadError::Geo(_) => "geo",
             LoadError::Agent(_) => "user_agent",
             LoadError::Tls(_) => "tls",
+            LoadError::Acme(_) => "acme",
         }
     }
 }
@@ -71,7 +75,10 @@ pub struct Snapshot {
     pub agents: Arc<AgentParser>,
     /// The rules file's identity when it was read (`None`: built-in rules).
     agents_stamp: Option<FileStamp>,
+    /// File pairs first, then the ACME certificates of `acme.managed`.
     pub certificates: Certificates,
+    /// `[acme]`'s names: which ACME manages, which a file pair covers.
+    pub acme: Option<acme::Plan>,
     /// `[[site]]`s with resolved upstreams; upstream health carries over
     /// from the previous snapshot by address.
     pub sites: Sites,
@@ -110,11 +117,15 @@ impl Snapshot {
         let projects = Projects::load(&config.api.projects).map_err(LoadError::Projects)?;
         let sites = Sites::build(&config.file, &config.sites, previous.map(|p| &p.sites))?;
         let peers = Peers::build(&sites);
-        let certificates = match &config.tls {
+        let mut certificates = match &config.tls {
             Some(tls) => Certificates::load(&tls.certificates)?,
             None => Certificates::default(),
         };
         let metrics_token = read_metrics_token(&config)?;
+        let acme = match &config.acme {
+            Some(a) => Some(load_acme(a, &mut certificates)?),
+            None => None,
+        };
         let geo = GeoDb::open(&config.geo.databases)?;
         let agents_stamp = config.user_agent.regexes.as_deref().and_then(FileStamp::of);
         let reusable = previous.filter(|p| {
@@ -145,6 +156,7 @@ impl Snapshot {
             agents,
             agents_stamp,
             certificates,
+            acme,
             sites,
             peers,
             request_metrics,
@@ -158,8 +170,14 @@ impl Snapshot {
     }
 
     /// Every file this snapshot was built from; reload watches their folders.
+    /// ACME certificates count whether or not they exist yet: the first one
+    /// for a name is picked up like a renewed one.
     pub fn source_files(&self) -> Vec<PathBuf> {
-        self.config.source_files()
+        let mut files = self.config.source_files();
+        if let Some(plan) = &self.acme {
+            files.extend(plan.managed.iter().map(|n| plan.store.bundle_file(n)));
+        }
+        files
     }
 
     /// What the databases and the user-agent rules say about a client: the
@@ -229,6 +247,29 @@ fn read_metrics_token(config: &Config) -> Result<Option<MetricsToken>, ConfigErr
             format!("{}: {e}", path.display()),
         )
     })
+}
+
+/// Splits `[acme]`'s names (a file pair wins) and loads the certificates
+/// ACME keeps for the others; a name without one (or with an expired one)
+/// waits. A damaged file is an error, as for a file pair: the previous
+/// snapshot keeps serving.
+fn load_acme(
+    config: &crate::config::Acme,
+    certificates: &mut Certificates,
+) -> Result<acme::Plan, LoadError> {
+    if let Some(ca) = &config.directory_ca {
+        acme::client::read_roots(ca)?;
+    }
+    let plan = acme::plan(config, certificates);
+    for name in &plan.managed {
+        let bundle = plan.store.bundle_file(name);
+        if bundle.exists() {
+            certificates.add_acme(name, &bundle)?;
+        } else {
+            certificates.wait_for(name);
+        }
+    }
+    Ok(plan)
 }
 
 /// Identifies a file's content without reading it: a rename-over or an

@@ -7,6 +7,7 @@
 //! is served on the next handshake without a restart.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,13 +43,30 @@ fn invalid(file: &Path, reason: impl Into<String>) -> TlsError {
 /// One loaded certificate chain with its key, and what we learned from it.
 #[derive(Debug)]
 pub struct LoadedCertificate {
+    /// For an ACME certificate, `cert` and `key` are the same file.
     pub files: CertificateFiles,
+    pub source: CertSource,
     pub key: Arc<CertifiedKey>,
     /// DNS names (and IP addresses, as text) from subjectAltName; the
     /// subject CN only when there is no SAN, as browsers do.
     pub names: Vec<String>,
-    /// `notAfter`, seconds since the Unix epoch.
+    /// `notBefore` and `notAfter`, seconds since the Unix epoch.
+    pub not_before: i64,
     pub not_after: i64,
+    /// The issuer's distinguished name, as text.
+    pub issuer: String,
+    /// The serial number in lower-case hex: with the issuer, names the
+    /// certificate.
+    pub serial: String,
+}
+
+/// Where a served certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    /// A `[tls] certificates` pair.
+    File,
+    /// Ordered over ACME and kept in `acme.state_dir`.
+    Acme,
 }
 
 /// The configured certificates, indexed for SNI selection.
@@ -57,37 +75,90 @@ pub struct Certificates {
     list: Vec<LoadedCertificate>,
     /// Lowercase exact names, and wildcard parents as `*.example.com`.
     by_name: HashMap<String, usize>,
+    /// Names ACME keeps a certificate for that have none yet: a handshake
+    /// for one is refused rather than answered with another name's
+    /// certificate.
+    waiting: Vec<String>,
 }
 
 impl Certificates {
     /// Loads every pair; fails on the first one that is unreadable, malformed,
     /// expired, or whose key does not match its certificate.
     pub fn load(files: &[CertificateFiles]) -> Result<Certificates, TlsError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs() as i64;
+        let now = unix_now();
         let mut out = Certificates::default();
         for f in files {
-            let loaded = load_pair(f, now)?;
-            let index = out.list.len();
-            for name in &loaded.names {
-                // The first certificate listed for a name wins, as in nginx.
-                out.by_name.entry(name.clone()).or_insert(index);
-            }
-            out.list.push(loaded);
+            let loaded = read_pair(f, CertSource::File)?;
+            check_validity(&loaded, now)?;
+            out.push(loaded);
         }
         Ok(out)
     }
 
+    fn push(&mut self, loaded: LoadedCertificate) {
+        let index = self.list.len();
+        for name in &loaded.names {
+            // The first certificate listed for a name wins, as in nginx.
+            self.by_name.entry(name.clone()).or_insert(index);
+        }
+        self.list.push(loaded);
+    }
+
+    /// Adds the ACME certificate for `name` from `bundle`, one file holding
+    /// the private key and the chain. A certificate outside its validity
+    /// period is left out and the name waits for a new one (`Ok(false)`):
+    /// a node that was down past the expiry must still start. Anything
+    /// else wrong with the file is an error, as for a file pair.
+    pub fn add_acme(&mut self, name: &str, bundle: &Path) -> Result<bool, TlsError> {
+        let loaded = check_bundle(name, &read(bundle)?, bundle)?;
+        if check_validity(&loaded, unix_now()).is_err() {
+            self.wait_for(name);
+            return Ok(false);
+        }
+        self.push(loaded);
+        Ok(true)
+    }
+
+    /// Marks `name` as waiting for its first ACME certificate.
+    pub fn wait_for(&mut self, name: &str) {
+        if !self.waiting.iter().any(|n| n == name) {
+            self.waiting.push(name.to_owned());
+        }
+    }
+
+    /// The names waiting for an ACME certificate, in the order added.
+    pub fn waiting(&self) -> impl Iterator<Item = &str> {
+        self.waiting.iter().map(String::as_str)
+    }
+
+    /// Whether a loaded certificate covers `name`, exactly or by a
+    /// one-level wildcard (the SNI rules).
+    pub fn covers(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    /// The certificate SNI `name` selects, if one covers it.
+    pub fn for_name(&self, name: &str) -> Option<&LoadedCertificate> {
+        self.list.get(self.find(name)?)
+    }
+
     /// The certificate for a handshake: exact SNI match, then a wildcard one
-    /// level up, then the first configured certificate (clients without SNI,
-    /// e.g. those connecting by IP address).
+    /// level up; a name waiting for its ACME certificate gets none (the
+    /// handshake fails); any other name, or no SNI (clients connecting by
+    /// IP address), gets the first certificate.
     pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let index = sni
-            .and_then(|name| self.find(name))
-            .or(if self.list.is_empty() { None } else { Some(0) })?;
+        let index = match sni.map(|name| (name, self.find(name))) {
+            Some((_, Some(i))) => i,
+            Some((name, None)) if self.is_waiting(name) => return None,
+            _ if self.list.is_empty() => return None,
+            _ => 0,
+        };
         Some(self.list[index].key.clone())
+    }
+
+    fn is_waiting(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        self.waiting.iter().any(|n| n == name)
     }
 
     fn find(&self, name: &str) -> Option<usize> {
@@ -109,31 +180,71 @@ impl Certificates {
     }
 }
 
-fn load_pair(files: &CertificateFiles, now: i64) -> Result<LoadedCertificate, TlsError> {
-    let cert_pem = read(&files.cert)?;
-    let key_pem = read(&files.key)?;
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs() as i64
+}
 
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+/// Refuses a certificate outside its validity period (a minute of clock
+/// skew allowed at the start).
+fn check_validity(c: &LoadedCertificate, now: i64) -> Result<(), TlsError> {
+    if c.not_after < now {
+        return Err(invalid(
+            &c.files.cert,
+            format!("expired (notAfter {})", format_unix(c.not_after)),
+        ));
+    }
+    if c.not_before > now + 60 {
+        return Err(invalid(
+            &c.files.cert,
+            format!("not valid yet (notBefore {})", format_unix(c.not_before)),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an ACME bundle (key and chain in one PEM) as if read from
+/// `file`: well formed, key matching, and covering `name`.
+pub fn check_bundle(name: &str, pem: &[u8], file: &Path) -> Result<LoadedCertificate, TlsError> {
+    let files = CertificateFiles {
+        cert: file.to_path_buf(),
+        key: file.to_path_buf(),
+    };
+    let loaded = parse_pair(pem, pem, &files, CertSource::Acme)?;
+    if !loaded.names.iter().any(|n| n == name) {
+        return Err(invalid(
+            file,
+            format!(
+                "does not cover {name} (its names: {})",
+                loaded.names.join(", ")
+            ),
+        ));
+    }
+    Ok(loaded)
+}
+
+/// Reads and checks a chain and its key.
+fn read_pair(files: &CertificateFiles, source: CertSource) -> Result<LoadedCertificate, TlsError> {
+    parse_pair(&read(&files.cert)?, &read(&files.key)?, files, source)
+}
+
+fn parse_pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    files: &CertificateFiles,
+    source: CertSource,
+) -> Result<LoadedCertificate, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(&files.cert, format!("not a PEM certificate chain: {e}")))?;
     let Some(leaf) = chain.first() else {
         return Err(invalid(&files.cert, "no CERTIFICATE block found"));
     };
-    let (names, not_before, not_after) = inspect(&files.cert, leaf)?;
-    if not_after < now {
-        return Err(invalid(
-            &files.cert,
-            format!("expired (notAfter {})", format_unix(not_after)),
-        ));
-    }
-    if not_before > now + 60 {
-        return Err(invalid(
-            &files.cert,
-            format!("not valid yet (notBefore {})", format_unix(not_before)),
-        ));
-    }
+    let facts = inspect(&files.cert, leaf)?;
 
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| invalid(&files.key, format!("no usable PRIVATE KEY block: {e}")))?;
     let certified = CertifiedKey::from_der(chain, key, &default_provider()).map_err(|e| {
         invalid(
@@ -152,9 +263,13 @@ fn load_pair(files: &CertificateFiles, now: i64) -> Result<LoadedCertificate, Tl
 
     Ok(LoadedCertificate {
         files: files.clone(),
+        source,
         key: Arc::new(certified),
-        names,
-        not_after,
+        names: facts.names,
+        not_before: facts.not_before,
+        not_after: facts.not_after,
+        issuer: facts.issuer,
+        serial: facts.serial,
     })
 }
 
@@ -165,8 +280,17 @@ fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Names and validity window of a leaf certificate.
-fn inspect(file: &Path, der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), TlsError> {
+/// What a leaf certificate says about itself.
+struct LeafFacts {
+    names: Vec<String>,
+    not_before: i64,
+    not_after: i64,
+    issuer: String,
+    serial: String,
+}
+
+/// Names, validity window, issuer and serial of a leaf certificate.
+fn inspect(file: &Path, der: &CertificateDer<'_>) -> Result<LeafFacts, TlsError> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| invalid(file, format!("unparsable certificate: {e}")))?;
@@ -192,11 +316,27 @@ fn inspect(file: &Path, der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i
         }
     }
     let validity = cert.validity();
-    Ok((
+    let serial = serial_hex(cert.raw_serial());
+    Ok(LeafFacts {
         names,
-        validity.not_before.timestamp(),
-        validity.not_after.timestamp(),
-    ))
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        issuer: cert.issuer().to_string(),
+        serial,
+    })
+}
+
+/// A DER serial number as its issuer prints it: the integer in lower-case
+/// hex, without the sign byte or leading zeros.
+fn serial_hex(raw: &[u8]) -> String {
+    let mut hex = raw.iter().fold(String::new(), |mut s, b| {
+        // Writing into a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    let zeros = hex.len() - hex.trim_start_matches('0').len();
+    hex.drain(..zeros.min(hex.len().saturating_sub(1)));
+    hex
 }
 
 fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
@@ -355,6 +495,78 @@ mod tests {
         std::fs::write(&files.key, key.serialize_pem()).unwrap();
         let e = Certificates::load(&[files]).unwrap_err().to_string();
         assert!(e.contains("old.crt: expired"), "{e}");
+    }
+
+    /// One file with the key and the certificate, as ACME stores them.
+    fn bundle(dir: &Path, name: &str, params: rcgen::CertificateParams) -> PathBuf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let file = dir.join(format!("{name}.pem"));
+        std::fs::write(&file, format!("{}{}", key.serialize_pem(), cert.pem())).unwrap();
+        file
+    }
+
+    #[test]
+    fn acme_certificates_join_after_file_pairs_and_waiting_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = pair(dir.path(), "a", &["localhost", "*.files.example"]);
+        let mut certs = Certificates::load(&[a]).unwrap();
+        let shop = bundle(
+            dir.path(),
+            "shop.example",
+            rcgen::CertificateParams::new(vec!["shop.example".to_owned()]).unwrap(),
+        );
+        assert!(certs.add_acme("shop.example", &shop).unwrap());
+        certs.wait_for("new.example");
+        certs.wait_for("new.example");
+
+        let got = certs.for_name("shop.example").unwrap();
+        assert_eq!(got.source, CertSource::Acme);
+        assert_eq!(got.files.cert, got.files.key);
+        assert!(!got.serial.is_empty() && !got.serial.starts_with('0'));
+        assert!(same(&certs.resolve(Some("shop.example")).unwrap(), got));
+        assert!(
+            certs.resolve(Some("new.example")).is_none(),
+            "refused, not the default"
+        );
+        assert!(certs.resolve(Some("new.example.")).is_none());
+        let first = certs.iter().next().unwrap();
+        assert!(same(&certs.resolve(Some("other.example")).unwrap(), first));
+        assert!(certs.covers("x.files.example") && !certs.covers("new.example"));
+        assert_eq!(certs.waiting().collect::<Vec<_>>(), ["new.example"]);
+
+        let e = certs
+            .add_acme("other.example", &shop)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("shop.example.pem: does not cover other.example"),
+            "{e}"
+        );
+
+        let mut params = rcgen::CertificateParams::new(vec!["old.example".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let old = bundle(dir.path(), "old.example", params);
+        assert!(
+            !certs.add_acme("old.example", &old).unwrap(),
+            "expired: waits"
+        );
+        assert_eq!(
+            certs.waiting().collect::<Vec<_>>(),
+            ["new.example", "old.example"]
+        );
+
+        std::fs::write(&old, "garbage").unwrap();
+        let e = certs.add_acme("old.example", &old).unwrap_err().to_string();
+        assert!(e.contains("old.example.pem: no CERTIFICATE block"), "{e}");
+    }
+
+    #[test]
+    fn serials_print_as_their_issuer_prints_them() {
+        assert_eq!(serial_hex(&[0x00, 0x8f, 0x01]), "8f01");
+        assert_eq!(serial_hex(&[0x0a, 0xbc]), "abc");
+        assert_eq!(serial_hex(&[0x00]), "0");
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! - the `use crate::…` graph has a cycle (sideways imports are allowed
 //!   only while they stay acyclic),
 //! - a Pingora type is named outside the Pingora layer (`proxy`,
-//!   `accept`, `connection`, `health_checks`, `store_sync`, `services`,
-//!   `server`, `main`, and `upstream`, whose peer templates are Pingora's
-//!   `HttpPeer`).
+//!   `accept`, `connection`, `health_checks`, `store_sync`, `acme_service`,
+//!   `services`, `server`, `main`, and `upstream`, whose peer templates are
+//!   Pingora's `HttpPeer`).
 //!
 //! `pingora_limits` (a count-min sketch and an in-flight counter, no
 //! network or HTTP types) counts as a plain data-structure crate.
@@ -49,6 +49,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("sites", 2),
     ("upstream", 2),
     ("shared_store", 2),
+    ("acme", 2),
     // L3: one immutable world.
     ("snapshot", 3),
     // L4: decisions.
@@ -64,6 +65,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("reload", 5),
     ("services", 5),
     ("store_sync", 5),
+    ("acme_service", 5),
     // L6: the server and the command line.
     ("server", 6),
     ("main", 6),
@@ -72,6 +74,7 @@ const LAYERS: &[(&str, u8)] = &[
 const PINGORA_MODULES: &[&str] = &[
     "proxy",
     "accept",
+    "acme_service",
     "connection",
     "health_checks",
     "store_sync",

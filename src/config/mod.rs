@@ -7,6 +7,7 @@
 //! `projects.toml: project[2].domains[0]: "*.": empty domain after wildcard`.
 //! Nothing here opens the files a configuration names; the snapshot does.
 
+mod acme;
 mod api_path;
 mod projects;
 mod raw;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+pub use acme::{acme_name, Acme, Challenge, ExternalAccount};
 pub use api_path::ApiPath;
 pub use projects::{is_valid_project_id, Project, ProjectId, Projects, MAX_PROJECT_ID_LEN};
 pub use raw::{ConfigError, UnknownCountry};
@@ -48,6 +50,8 @@ pub struct Config {
     /// `[[site]]` tables, in file order; names not resolved yet (see
     /// `sites::Sites::build`).
     pub sites: Vec<SiteConfig>,
+    /// `[acme]`: automatic certificates; `None` when not configured.
+    pub acme: Option<Acme>,
 }
 
 /// `[limits]`: abuse limits (0 disables a count or a timeout).
@@ -191,13 +195,19 @@ impl Config {
 
         let listeners = listeners(file, &raw.listen)?;
         let needs_tls = listeners.iter().any(|l| l.kind == ListenerKind::Tls);
+        let has_acme = raw.acme.is_some();
         let tls =
             match (raw.tls, needs_tls) {
-                (Some(tls), _) => Some(tls_settings(file, tls, &resolve)?),
+                (Some(tls), _) => Some(tls_settings(file, tls, &resolve, has_acme)?),
+                // Every certificate may come from ACME; HSTS keeps its default.
+                (None, true) if has_acme => Some(Tls {
+                    certificates: Vec::new(),
+                    hsts: Some(HeaderValue::from_static(raw::DEFAULT_HSTS)),
+                }),
                 (None, true) => return Err(ConfigError::invalid(
                     file,
                     "tls",
-                    "missing: a listener has `tls = true` but no [tls] certificates are configured",
+                    "missing: a listener has `tls = true` but no [tls] certificates (or [acme]) are configured",
                 )),
                 (None, false) => None,
             };
@@ -220,6 +230,10 @@ impl Config {
         };
 
         let sites = site::parse_sites(file, raw.site, &resolve)?;
+        let acme = match raw.acme {
+            Some(a) => Some(acme::parse_acme(file, a, &resolve, &listeners, &sites)?),
+            None => None,
+        };
 
         let metrics = match raw.metrics.enabled {
             true => Some(metrics(file, raw.metrics, &resolve)?),
@@ -254,6 +268,7 @@ impl Config {
             },
             limits: limits(file, &raw.limits, &resolve)?,
             sites,
+            acme,
         })
     }
 }
@@ -374,12 +389,13 @@ fn tls_settings(
     file: &Path,
     raw: RawTls,
     resolve: &dyn Fn(&Path) -> PathBuf,
+    has_acme: bool,
 ) -> Result<Tls, ConfigError> {
-    if raw.certificates.is_empty() {
+    if raw.certificates.is_empty() && !has_acme {
         return Err(ConfigError::invalid(
             file,
             "tls.certificates",
-            "must list at least one { cert, key } pair",
+            "must list at least one { cert, key } pair (or configure [acme])",
         ));
     }
     let hsts = raw.hsts.trim();

@@ -69,6 +69,45 @@ pub(super) struct RawConfig {
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) site: Vec<RawSite>,
+    #[serde(default)]
+    pub(super) acme: Option<RawAcme>,
+}
+
+/// `[acme]`: automatic certificates (see `config::acme`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcme {
+    #[serde(default)]
+    pub(super) email: Option<String>,
+    #[serde(default = "default_acme_directory")]
+    pub(super) directory: String,
+    #[serde(default)]
+    pub(super) directory_ca: Option<PathBuf>,
+    #[serde(default = "default_acme_state_dir")]
+    pub(super) state_dir: PathBuf,
+    #[serde(default = "default_acme_challenge")]
+    pub(super) challenge: String,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) renew_before: Option<Duration>,
+    #[serde(default)]
+    pub(super) domains: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) eab_kid: Option<String>,
+    #[serde(default)]
+    pub(super) eab_hmac_key: Option<String>,
+}
+
+/// Let's Encrypt's production directory.
+fn default_acme_directory() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".to_owned()
+}
+
+fn default_acme_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/visitord/acme")
+}
+
+fn default_acme_challenge() -> String {
+    "http-01".to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,13 +251,17 @@ pub(super) struct RawListen {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
+    /// May be empty only when `[acme]` provides the certificates.
+    #[serde(default)]
     pub(super) certificates: Vec<RawCertificate>,
     #[serde(default = "default_hsts")]
     pub(super) hsts: String,
 }
 
+pub(super) const DEFAULT_HSTS: &str = "max-age=63072000";
+
 fn default_hsts() -> String {
-    "max-age=63072000".to_owned()
+    DEFAULT_HSTS.to_owned()
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod mmdb;
+pub mod pebble;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -102,6 +103,19 @@ impl TestCa {
         install_crypto();
         rustls::ClientConfig::builder()
             .with_root_certificates(self.root_store())
+            .with_no_client_auth()
+    }
+
+    /// A client configuration trusting the certificates of `pem` only.
+    pub fn client_config_for(pem: &str) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        install_crypto();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
             .with_no_client_auth()
     }
 }
