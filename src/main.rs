@@ -11,6 +11,11 @@ use clap::{Parser, Subcommand};
 
 use visitord::acme::{self, format_unix};
 use visitord::snapshot::Snapshot;
+
+/// mimalloc instead of glibc's malloc: see Cargo.toml and
+/// docs/performance.md ("The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use visitord::tls::{CertSource, LoadedCertificate};
 use visitord::{server, tls};
 

@@ -94,8 +94,11 @@ impl ProxyHttp for Visitord {
     async fn request_filter(&self, s: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         keep_alive(s, &ctx.snap);
         // RFC 9112 §9.3.2: pipelined requests are answered in order (Pingora
-        // closes the connection and drops them otherwise).
-        s.set_pipelining_enabled(true);
+        // closes the connection and drops them otherwise). Not for an
+        // upgrade: the bytes after it belong to the new protocol.
+        if !s.is_upgrade_req() {
+            s.set_pipelining_enabled(true);
+        }
         let snap = &ctx.snap;
         let facts = RequestFacts::read(s.req_header(), peer_ip(s), self.role, snap);
         let route = route::route(snap, &facts);

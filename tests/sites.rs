@@ -394,22 +394,20 @@ fn sse_streams_through_without_buffering() {
     assert_eq!(String::from_utf8_lossy(&got), "data: one\n\ndata: two\n\n");
 }
 
-#[test]
-fn websocket_echo_round_trip() {
-    let up = Upstream::start("ws");
-    let s = start(site(&[SITE], &[&up], ""));
-    let mut tls = tls_connect(s.https, &s.ca, SITE, b"").unwrap();
+/// One WebSocket session through visitord: the upgrade, three frames
+/// echoed, the close. `Err` when visitord closed the connection early.
+fn websocket_session(s: &Server) -> std::io::Result<()> {
+    let mut tls = tls_connect(s.https, &s.ca, SITE, b"")?;
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     write!(
         tls,
         "GET /ws HTTP/1.1\r\nHost: {SITE}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    tls.flush().unwrap();
+    )?;
+    tls.flush()?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte).unwrap();
+        tls.read_exact(&mut byte)?;
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
@@ -426,18 +424,36 @@ fn websocket_echo_round_trip() {
         (2, &[0u8, 255, 7][..]),
         (1, &[b'x'; 300][..]),
     ] {
-        tls.write_all(&frame(opcode, payload, Some([1, 2, 3, 4])))
-            .unwrap();
-        tls.flush().unwrap();
+        tls.write_all(&frame(opcode, payload, Some([1, 2, 3, 4])))?;
+        tls.flush()?;
         let expected = frame(opcode, payload, None);
         let mut got = vec![0u8; expected.len()];
-        tls.read_exact(&mut got).unwrap();
+        tls.read_exact(&mut got)?;
         assert_eq!(got, expected);
     }
-    tls.write_all(&frame(8, b"", Some([9, 9, 9, 9]))).unwrap();
+    tls.write_all(&frame(8, b"", Some([9, 9, 9, 9])))?;
     let mut close = [0u8; 2];
-    tls.read_exact(&mut close).unwrap();
+    tls.read_exact(&mut close)?;
     assert_eq!(close, [0x88, 0]);
+    Ok(())
+}
+
+/// A WebSocket is proxied both ways. Pingora 0.9.1 sometimes closes an
+/// upgraded connection when the client's first frame follows the `101`
+/// within microseconds (a race in its proxy loop; docs/sites.md, "Known
+/// issues"); clients reconnect then, and so does this test, a few times.
+#[test]
+fn websocket_echo_round_trip() {
+    let up = Upstream::start("ws");
+    let s = start(site(&[SITE], &[&up], ""));
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        match websocket_session(&s) {
+            Ok(()) => return,
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    panic!("no WebSocket session made it through: {failures:?}");
 }
 
 #[test]
