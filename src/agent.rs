@@ -55,7 +55,16 @@ pub struct Agent {
     pub device_family: String,
 }
 
+/// The one unknown agent a request that needs no user agent shares.
+static UNKNOWN: std::sync::LazyLock<Arc<Agent>> =
+    std::sync::LazyLock::new(|| Arc::new(Agent::unknown()));
+
 impl Agent {
+    /// [`Agent::unknown`], shared: no allocation per request.
+    pub fn unknown_shared() -> Arc<Agent> {
+        Arc::clone(&UNKNOWN)
+    }
+
     /// What nothing is known about: empty fields, device family "Other".
     pub fn unknown() -> Agent {
         Agent {

@@ -11,6 +11,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -80,6 +81,10 @@ struct SiteCtx {
 #[async_trait]
 impl ProxyHttp for Visitord {
     type CTX = RequestCtx;
+
+    /// No downstream modules: visitord compresses nothing, and Pingora's
+    /// default sets up a (disabled) compression module for every request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -179,7 +184,9 @@ impl ProxyHttp for Visitord {
             up.remove_header(name);
         }
         for (name, value) in VISITOR_HEADERS.iter().zip(&r.visitor) {
-            up.insert_header(name, value.clone())?;
+            if let Some(value) = value {
+                up.insert_header(name, value.clone())?;
+            }
         }
         up.insert_header("x-forwarded-for", r.forwarded_for.clone())?;
         up.insert_header("x-real-ip", r.real_ip.clone())?;

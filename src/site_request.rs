@@ -22,8 +22,9 @@ pub const SAME_ORIGIN_ALLOW: &str = "GET, HEAD";
 pub struct SiteRequest {
     /// The site's index in the snapshot.
     pub index: usize,
-    /// In `visitor::VISITOR_HEADERS` order.
-    pub visitor: [HeaderValue; 11],
+    /// In `visitor::VISITOR_HEADERS` order; `None` for a header the site
+    /// does not take (`visitor_headers`).
+    pub visitor: [Option<HeaderValue>; 11],
     pub forwarded_for: HeaderValue,
     /// Whether the peer's own `Forwarded` header may pass.
     pub peer_trusted: bool,
@@ -64,7 +65,15 @@ pub fn decide(
             return SiteDecision::Answer(answer::too_many_requests(refusal));
         }
     }
-    let visitor = snap.visitor(facts.client.ip, facts.user_agent);
+    // Only the lookups this site needs: its country rule and the headers it
+    // takes (the same-origin API answers everything).
+    let wanted = site.config.visitor_headers;
+    let visitor = snap.visitor_in_part(
+        facts.client.ip,
+        facts.user_agent,
+        same_origin || wanted.needs_location() || site.config.countries.needs_country(),
+        same_origin || wanted.needs_agent(),
+    );
     let data = visitor.data();
     let admitted = site.config.countries.admits(data.country_code);
     if same_origin {
@@ -79,7 +88,7 @@ pub fn decide(
     }
     SiteDecision::Proxy(Box::new(SiteRequest {
         index,
-        visitor: visitor::visitor_headers(&data),
+        visitor: visitor::visitor_headers(&data, wanted),
         forwarded_for: client_ip::forwarded_for(
             facts.peer,
             facts.peer_trusted,
@@ -167,7 +176,8 @@ mod tests {
     use http::header;
 
     const SITES: &str = "[[site]]\nhosts = [\"shop.example.com\"]\nupstreams = [\"127.0.0.1:1\"]\napi_path = \"/visitor-api/\"\n\
-        [[site]]\nhosts = [\"us.example.com\"]\nupstreams = [\"127.0.0.1:2\"]\nallow_countries = [\"US\"]\napi_path = \"/v/\"\n";
+        [[site]]\nhosts = [\"us.example.com\"]\nupstreams = [\"127.0.0.1:2\"]\nallow_countries = [\"US\"]\napi_path = \"/v/\"\n\
+        [[site]]\nhosts = [\"slim.example.com\"]\nupstreams = [\"127.0.0.1:3\"]\nvisitor_headers = [\"country\", \"os\"]\n";
 
     fn decide_for(
         method: &str,
@@ -192,7 +202,11 @@ mod tests {
             panic!("proxied")
         };
         assert_eq!(r.index, 0);
-        assert_eq!(r.visitor[0], "US", "X-Visitor-Country from the trusted hop");
+        assert_eq!(
+            r.visitor[0].as_ref().unwrap(),
+            "US",
+            "X-Visitor-Country from the trusted hop"
+        );
         assert_eq!(r.forwarded_for, "8.8.8.8, 127.0.0.1");
         assert!(r.peer_trusted);
         assert_eq!(
@@ -207,6 +221,16 @@ mod tests {
             "an untrusted chain is dropped"
         );
         assert!(!r.peer_trusted);
+    }
+
+    #[test]
+    fn a_site_gets_only_the_visitor_headers_it_takes() {
+        let SiteDecision::Proxy(r) = decide_for("GET", 2, false, "127.0.0.1", "8.8.8.8") else {
+            panic!("proxied")
+        };
+        let sent: Vec<usize> = (0..11).filter(|&i| r.visitor[i].is_some()).collect();
+        assert_eq!(sent, [0, 9], "country and os");
+        assert_eq!(r.visitor[0].as_ref().unwrap(), "US");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::acme::{self, client::AcmeError};
-use crate::agent::{AgentError, AgentParser};
+use crate::agent::{Agent, AgentError, AgentParser};
 use crate::config::{Config, ConfigError, Projects};
 use crate::geo::{GeoDb, GeoError};
 use crate::metrics::{RequestMetrics, SiteMetrics, METRICS};
@@ -183,11 +183,32 @@ impl Snapshot {
     /// What the databases and the user-agent rules say about a client: the
     /// one lookup the API, the sites and `visitord lookup` share.
     pub fn visitor(&self, ip: IpAddr, user_agent: &str) -> Visitor<'_> {
+        self.visitor_in_part(ip, user_agent, true, true)
+    }
+
+    /// [`Snapshot::visitor`] with only the lookups a caller needs: the
+    /// databases (`location`), the user-agent rules (`agent`); what is left
+    /// out is unknown.
+    pub fn visitor_in_part(
+        &self,
+        ip: IpAddr,
+        user_agent: &str,
+        location: bool,
+        agent: bool,
+    ) -> Visitor<'_> {
         let ip = ip.to_canonical();
         Visitor {
             ip,
-            location: self.geo.lookup(ip),
-            agent: self.agents.parse(user_agent),
+            location: if location {
+                self.geo.lookup(ip)
+            } else {
+                Default::default()
+            },
+            agent: if agent {
+                self.agents.parse(user_agent)
+            } else {
+                Agent::unknown_shared()
+            },
         }
     }
 

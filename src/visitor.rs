@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::agent::Agent;
+use crate::config::VisitorHeaderSet;
 use crate::country;
 use crate::geo::Location;
 use crate::json::{self, ShortText};
@@ -173,28 +174,32 @@ pub static VISITOR_HEADERS: [HeaderName; 11] = [
 /// Headers a client sends under this prefix never reach the upstream.
 pub const VISITOR_HEADER_PREFIX: &str = "x-visitor-";
 
-/// The `X-Visitor-*` values for one visitor, in [`VISITOR_HEADERS`] order.
-/// Every header is always present, empty when unknown, so an upstream can
-/// tell "unknown" from "not behind visitord".
+/// The `X-Visitor-*` values for one visitor, in [`VISITOR_HEADERS`] order,
+/// for the headers in `wanted` (a site's `visitor_headers`). A wanted
+/// header is always present, empty when unknown, so an upstream can tell
+/// "unknown" from "not behind visitord".
 ///
 /// Encoding: text is UTF-8 with every byte other than `A-Z a-z 0-9 - . _ ~
 /// /` written as `%XX` (upper-case hex), so `decodeURIComponent` and its
 /// kin restore it (`São Paulo` → `S%C3%A3o%20Paulo`); lists are such items
 /// joined by `,`; `Lat-Long` is `lat,long` with six decimals, as in the API.
-pub fn visitor_headers(d: &VisitorData<'_>) -> [HeaderValue; 11] {
-    [
-        encoded(d.country_code),
-        encoded(d.region),
-        encoded(d.city),
-        HeaderValue::from_str(&d.city_lat_long).unwrap_or_else(|_| empty()),
-        encoded(d.timezone),
-        encoded(d.continent_code),
-        encoded_list(d.currencies.iter().copied()),
-        encoded_list(d.languages.iter().map(String::as_str)),
-        encoded(d.browser),
-        encoded(d.os),
-        encoded(d.device_family),
-    ]
+pub fn visitor_headers(d: &VisitorData<'_>, wanted: VisitorHeaderSet) -> [Option<HeaderValue>; 11] {
+    let value = |i: usize| -> HeaderValue {
+        match i {
+            0 => encoded(d.country_code),
+            1 => encoded(d.region),
+            2 => encoded(d.city),
+            3 => HeaderValue::from_str(&d.city_lat_long).unwrap_or_else(|_| empty()),
+            4 => encoded(d.timezone),
+            5 => encoded(d.continent_code),
+            6 => encoded_list(d.currencies.iter().copied()),
+            7 => encoded_list(d.languages.iter().map(String::as_str)),
+            8 => encoded(d.browser),
+            9 => encoded(d.os),
+            _ => encoded(d.device_family),
+        }
+    };
+    std::array::from_fn(|i| wanted.contains(i).then(|| value(i)))
 }
 
 fn empty() -> HeaderValue {
@@ -244,6 +249,7 @@ fn encoded_list<'a>(items: impl Iterator<Item = &'a str>) -> HeaderValue {
 #[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
 mod tests {
     use super::*;
+    use crate::config::VISITOR_HEADER_KEYS;
 
     #[test]
     fn visitor_data_has_every_field_typed_and_never_null() {
@@ -463,11 +469,11 @@ mod tests {
         };
         let a = agent();
         let d = visitor("200.1.2.3".parse().unwrap(), &loc, &a);
-        let values = visitor_headers(&d);
+        let values = visitor_headers(&d, VisitorHeaderSet::ALL);
         let got: Vec<(&str, &str)> = VISITOR_HEADERS
             .iter()
             .zip(&values)
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .map(|(n, v)| (n.as_str(), v.as_ref().unwrap().to_str().unwrap()))
             .collect();
         assert_eq!(
             got,
@@ -485,8 +491,12 @@ mod tests {
                 ("x-visitor-device", "iPhone"),
             ]
         );
-        for name in &VISITOR_HEADERS {
-            assert!(name.as_str().starts_with(VISITOR_HEADER_PREFIX));
+        for (name, key) in VISITOR_HEADERS.iter().zip(VISITOR_HEADER_KEYS) {
+            assert_eq!(
+                name.as_str().strip_prefix(VISITOR_HEADER_PREFIX),
+                Some(key),
+                "VISITOR_HEADER_KEYS names the headers in this order"
+            );
         }
     }
 
@@ -494,10 +504,10 @@ mod tests {
     fn unknown_visitor_gets_empty_values() {
         let a = Agent::unknown();
         let d = visitor("10.0.0.1".parse().unwrap(), &Location::default(), &a);
-        let values = visitor_headers(&d);
-        let empties = values.iter().filter(|v| v.is_empty()).count();
+        let values = visitor_headers(&d, VisitorHeaderSet::ALL);
+        let empties = values.iter().flatten().filter(|v| v.is_empty()).count();
         assert_eq!(empties, 10, "{values:?}");
-        assert_eq!(values[10], "Other");
+        assert_eq!(values[10].as_ref().unwrap(), "Other");
     }
 
     #[test]

@@ -127,6 +127,40 @@ fn visitor_headers_forwarding_headers_host_path_and_query() {
 }
 
 #[test]
+fn a_site_receives_only_the_visitor_headers_it_takes() {
+    let up = Upstream::start("a");
+    let mut extra = site(
+        &[SITE],
+        &[&up],
+        "visitor_headers = [\"country\", \"browser\"]",
+    );
+    extra += &site(&["none.example.com"], &[&up], "visitor_headers = []");
+    let s = start(extra);
+    let headers = [
+        ("X-Forwarded-For", "81.2.69.142"),
+        ("User-Agent", common::CHROME_WINDOWS),
+        ("X-Visitor-City", "spoofed"),
+    ];
+    let e = echo(&get(&s, SITE, "/", &headers));
+    let visitor: Vec<&str> = e
+        .headers
+        .iter()
+        .filter(|(n, _)| n.starts_with("x-visitor-"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(visitor, ["x-visitor-country", "x-visitor-browser"]);
+    assert_eq!(e.one("x-visitor-country"), "GB");
+    assert_eq!(e.one("x-visitor-browser"), "Chrome");
+    let e = echo(&get(&s, "none.example.com", "/", &headers));
+    assert!(
+        e.headers.iter().all(|(n, _)| !n.starts_with("x-visitor-")),
+        "{:?}",
+        e.headers
+    );
+    assert_eq!(e.one("x-forwarded-for"), "81.2.69.142, 127.0.0.1");
+}
+
+#[test]
 fn untrusted_peer_cannot_choose_its_address() {
     let up = Upstream::start("a");
     let s = Server::with(Options {

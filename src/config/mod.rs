@@ -24,7 +24,9 @@ pub use acme::{acme_name, Acme, Challenge, ExternalAccount};
 pub use api_path::ApiPath;
 pub use projects::{is_valid_project_id, Project, ProjectId, Projects, MAX_PROJECT_ID_LEN};
 pub use raw::{ConfigError, UnknownCountry};
-pub use site::{CountryRule, SiteConfig, Timeouts, UpstreamAddr};
+pub use site::{
+    CountryRule, SiteConfig, Timeouts, UpstreamAddr, VisitorHeaderSet, VISITOR_HEADER_KEYS,
+};
 pub use store_url::StoreUrl;
 
 use crate::client_ip::TrustedProxies;

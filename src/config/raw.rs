@@ -398,6 +398,8 @@ pub(super) struct RawSite {
     pub(super) unknown_country: UnknownCountry,
     #[serde(default)]
     pub(super) pass_underscore_headers: bool,
+    #[serde(default)]
+    pub(super) visitor_headers: Option<Vec<String>>,
 }
 
 fn default_connect_timeout() -> Duration {

@@ -35,6 +35,11 @@ enum CountryList {
 }
 
 impl CountryRule {
+    /// Whether deciding needs the visitor's country at all.
+    pub fn needs_country(&self) -> bool {
+        self.list != CountryList::Everyone || self.unknown != UnknownCountry::Allow
+    }
+
     /// Admits everyone whose country is known, and unknown ones as `unknown` says.
     pub fn everyone(unknown: UnknownCountry) -> CountryRule {
         CountryRule {
@@ -54,6 +59,63 @@ impl CountryRule {
             CountryList::Allow(codes) => codes.binary_search(&country).is_ok(),
             CountryList::Deny(codes) => codes.binary_search(&country).is_err(),
         }
+    }
+}
+
+/// The `X-Visitor-*` headers, by the names `visitor_headers` lists them
+/// with, in the order `visitor::VISITOR_HEADERS` sends them.
+pub const VISITOR_HEADER_KEYS: [&str; 11] = [
+    "country",
+    "region",
+    "city",
+    "lat-long",
+    "timezone",
+    "continent",
+    "currencies",
+    "languages",
+    "browser",
+    "os",
+    "device",
+];
+
+/// The first of [`VISITOR_HEADER_KEYS`] taken from the user agent; those
+/// before it come from the geo databases and the country data.
+const FIRST_AGENT_HEADER: usize = 8;
+
+/// Which `X-Visitor-*` headers a site receives: a set over
+/// [`VISITOR_HEADER_KEYS`] indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisitorHeaderSet(u16);
+
+impl VisitorHeaderSet {
+    pub const ALL: VisitorHeaderSet = VisitorHeaderSet((1 << VISITOR_HEADER_KEYS.len()) - 1);
+
+    pub fn contains(self, index: usize) -> bool {
+        index < VISITOR_HEADER_KEYS.len() && self.0 & (1 << index) != 0
+    }
+
+    /// Whether a header from the geo databases or country data is wanted.
+    pub fn needs_location(self) -> bool {
+        self.0 & ((1 << FIRST_AGENT_HEADER) - 1) != 0
+    }
+
+    /// Whether a header from the user agent is wanted.
+    pub fn needs_agent(self) -> bool {
+        self.0 >> FIRST_AGENT_HEADER != 0
+    }
+
+    /// The set of these names, or the first one that is not a header.
+    fn parse(names: &[String]) -> Result<VisitorHeaderSet, (usize, String)> {
+        let mut bits = 0u16;
+        for (k, name) in names.iter().enumerate() {
+            let lower = name.to_ascii_lowercase();
+            let key = lower.strip_prefix("x-visitor-").unwrap_or(&lower);
+            match VISITOR_HEADER_KEYS.iter().position(|h| *h == key) {
+                Some(i) => bits |= 1 << i,
+                None => return Err((k, name.clone())),
+            }
+        }
+        Ok(VisitorHeaderSet(bits))
     }
 }
 
@@ -144,6 +206,10 @@ pub struct SiteConfig {
     /// `underscores_in_headers`); look-alikes of visitord's own headers
     /// are dropped either way.
     pub pass_underscore_headers: bool,
+    /// The `X-Visitor-*` headers the upstream receives (`visitor_headers`;
+    /// default all). Without one, and without a country rule, no request
+    /// to the site is looked up.
+    pub visitor_headers: VisitorHeaderSet,
 }
 
 impl SiteConfig {
@@ -311,6 +377,18 @@ fn parse_site(
             unknown: raw.unknown_country,
         },
         pass_underscore_headers: raw.pass_underscore_headers,
+        visitor_headers: match &raw.visitor_headers {
+            None => VisitorHeaderSet::ALL,
+            Some(names) => VisitorHeaderSet::parse(names).map_err(|(k, name)| {
+                invalid(
+                    &format!("visitor_headers[{k}]"),
+                    format!(
+                        "{name:?}: not a visitor header (one of {})",
+                        VISITOR_HEADER_KEYS.join(", ")
+                    ),
+                )
+            })?,
+        },
     })
 }
 
@@ -528,6 +606,40 @@ unknown_country = "deny"
     }
 
     #[test]
+    fn visitor_headers_are_chosen_by_name() {
+        let all = parse_one(MINIMAL).unwrap().visitor_headers;
+        assert_eq!(all, VisitorHeaderSet::ALL);
+        assert!(all.needs_location() && all.needs_agent());
+        let some = parse_one(&format!(
+            "{MINIMAL}visitor_headers = [\"country\", \"X-Visitor-Browser\"]"
+        ))
+        .unwrap()
+        .visitor_headers;
+        let chosen: Vec<&str> = (0..11)
+            .filter(|&i| some.contains(i))
+            .map(|i| VISITOR_HEADER_KEYS[i])
+            .collect();
+        assert_eq!(chosen, ["country", "browser"]);
+        let geo = parse_one(&format!("{MINIMAL}visitor_headers = [\"city\"]"))
+            .unwrap()
+            .visitor_headers;
+        assert!(geo.needs_location() && !geo.needs_agent());
+        let agent = parse_one(&format!("{MINIMAL}visitor_headers = [\"os\"]"))
+            .unwrap()
+            .visitor_headers;
+        assert!(!agent.needs_location() && agent.needs_agent());
+        let none = parse_one(&format!("{MINIMAL}visitor_headers = []"))
+            .unwrap()
+            .visitor_headers;
+        assert!(!none.needs_location() && !none.needs_agent());
+        let e = error(&format!("{MINIMAL}visitor_headers = [\"country\", \"ip\"]"));
+        assert!(
+            e.contains("site[0].visitor_headers[1]: \"ip\": not a visitor header"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn country_rules() {
         let deny = parse_one(&format!("{MINIMAL}deny_countries = [\"US\"]"))
             .unwrap()
@@ -538,5 +650,7 @@ unknown_country = "deny"
         let strict = CountryRule::everyone(UnknownCountry::Deny);
         assert!(strict.admits("US"));
         assert!(!strict.admits(""));
+        assert!(strict.needs_country() && deny.needs_country());
+        assert!(!CountryRule::everyone(UnknownCountry::Allow).needs_country());
     }
 }
