@@ -320,17 +320,17 @@ start_proxies() { # THREADS
   "$bare" "$cert" "$key" "127.0.0.1:${port[bare]}" "$1" "127.0.0.1:$up_port" \
     >"$run/bare-$1.log" 2>&1 &
   pidof[bare]=$!; pids+=("$!")
-  write_visitord_conf "$1" "${port[visitord]}"
-  RUST_LOG=warn "$visitord" run --config "$run/visitord.toml" >"$run/visitord-$1.log" 2>&1 &
-  pidof[visitord]=$!; pids+=("$!")
   if [ -n "${VISITORD_BASELINE:-}" ]; then
-    cp "$run/visitord.toml" "$run/visitord-main.toml"
+    # Written (and read) before visitord's own file is: both are written to
+    # visitord.toml by write_visitord_conf.
     write_visitord_conf "$1" "${port[baseline]}"
     mv "$run/visitord.toml" "$run/baseline.toml"
-    mv "$run/visitord-main.toml" "$run/visitord.toml"
     RUST_LOG=warn "$VISITORD_BASELINE" run --config "$run/baseline.toml" >"$run/baseline-$1.log" 2>&1 &
     pidof[baseline]=$!; pids+=("$!")
   fi
+  write_visitord_conf "$1" "${port[visitord]}"
+  RUST_LOG=warn "$visitord" run --config "$run/visitord.toml" >"$run/visitord-$1.log" 2>&1 &
+  pidof[visitord]=$!; pids+=("$!")
 }
 stop_proxies() {
   local p keep=() live=()

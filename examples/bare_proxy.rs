@@ -15,6 +15,8 @@
 //!   5 s, read/write/idle 60 s); the idle timeout also bounds pooled
 //!   upstream connections;
 //! - work stealing on, h1 + h2 ALPN, Pingora's default upstream pool.
+//! - the same global allocator as visitord (mimalloc), so the ratio
+//!   measures visitord's own work, not a difference of allocators.
 //!
 //! `cargo run --release --example bare_proxy -- CERT KEY ADDR THREADS UPSTREAM [KEEPALIVE_SECS]`
 //! e.g. `... -- tls/localhost.crt tls/localhost.key 127.0.0.1:8443 2 127.0.0.1:8080`
@@ -31,6 +33,10 @@ use pingora::proxy::{http_proxy_service_with_name, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::Result;
+
+/// The allocator visitord runs with (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Requests one downstream connection may carry: visitord's
 /// `limits.keepalive_requests = 1000000` in the benchmarks (Pingora counts

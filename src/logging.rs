@@ -117,6 +117,8 @@ const CLIENT_CAUSED: &[(&str, &str, Level)] = &[
     ),
     // A client that picked HTTP/2 and then sent something else.
     ("pingora_core::apps", "H2 handshake error", Level::Debug),
+    // A client that sent an IP address as SNI (RFC 6066 forbids it).
+    ("rustls::msgs::handshake", "Illegal SNI extension", Level::Debug),
     // The metrics listener's client went away.
     (
         "pingora_core::apps::http_app",
@@ -206,6 +208,7 @@ mod tests {
             ("pingora_proxy", "Fail to proxy: Downstream ReadError context: request head not complete within limits.request_header_timeout"),
             ("pingora_proxy", "failed to send error response to downstream: WriteError"),
             ("pingora_core::apps", "H2 handshake error invalid preface"),
+            ("rustls::msgs::handshake", "Illegal SNI extension: ignoring IP address presented as hostname (3132)"),
         ] {
             assert_eq!(level_for(target, text, Level::Error), Level::Debug, "{text}");
         }

@@ -185,7 +185,9 @@ impl ProxyHttp for Visitord {
         }
         for (name, value) in VISITOR_HEADERS.iter().zip(&r.visitor) {
             if let Some(value) = value {
-                up.insert_header(name, value.clone())?;
+                // As `&'static str`, Pingora keeps the name's case without
+                // copying it (a `&HeaderName` is copied per request).
+                up.insert_header(name.as_str(), value.clone())?;
             }
         }
         up.insert_header("x-forwarded-for", r.forwarded_for.clone())?;
