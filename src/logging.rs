@@ -118,7 +118,11 @@ const CLIENT_CAUSED: &[(&str, &str, Level)] = &[
     // A client that picked HTTP/2 and then sent something else.
     ("pingora_core::apps", "H2 handshake error", Level::Debug),
     // A client that sent an IP address as SNI (RFC 6066 forbids it).
-    ("rustls::msgs::handshake", "Illegal SNI extension", Level::Debug),
+    (
+        "rustls::msgs::handshake",
+        "Illegal SNI extension",
+        Level::Debug,
+    ),
     // The metrics listener's client went away.
     (
         "pingora_core::apps::http_app",
