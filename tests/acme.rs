@@ -246,41 +246,70 @@ fn certs_dir(state: &Path, pebble: &PebblePorts) -> PathBuf {
         .join("certs")
 }
 
+/// One test's world: a temp dir, the test CA (pebble's HTTPS and the
+/// node's file pair), pebble's ports, the ACME state folder, and one node's
+/// files whose `[acme]` section has `acme` after the directory settings.
+struct Scene {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    ports: PebblePorts,
+    state: PathBuf,
+    files: NodeFiles,
+}
+
+impl Scene {
+    fn new(acme: &str) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let ports = PebblePorts::new();
+        let state = dir.path().join("state");
+        let files = node_files(&dir.path().join("node"), &ca, &ports, &state, acme);
+        Scene {
+            dir,
+            ca,
+            ports,
+            state,
+            files,
+        }
+    }
+
+    /// Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on the
+    /// node's HTTPS port.
+    fn pebble_on(&self, http_port: u16, options: &PebbleOptions) -> Pebble {
+        Pebble::start(
+            &self.dir.path().join("pebble"),
+            self.ports,
+            http_port,
+            self.files.https,
+            &self.ca,
+            options,
+        )
+    }
+
+    /// Pebble validating on the node's own listeners.
+    fn pebble(&self, options: &PebbleOptions) -> Pebble {
+        self.pebble_on(self.files.http, options)
+    }
+}
+
 #[test]
 fn http_01_issues_serves_by_sni_is_reused_after_a_restart_and_renews_on_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let ports = PebblePorts::new();
-    let state = dir.path().join("state");
-    let files = node_files(
-        &dir.path().join("node"),
-        &ca,
-        &ports,
-        &state,
-        &format!("domains = [{NAME:?}]"),
-    );
-    let pebble = Pebble::start(
-        &dir.path().join("pebble"),
-        ports,
-        files.http,
-        files.https,
-        &ca,
-        &PebbleOptions::default(),
-    );
+    let scene = Scene::new(&format!("domains = [{NAME:?}]"));
+    let pebble = scene.pebble(&PebbleOptions::default());
 
     // Before any order, `check` says which name waits.
-    let (ok, out, err) = run_cli(&["check", "--config", files.config_arg()]);
+    let (ok, out, err) = run_cli(&["check", "--config", scene.files.config_arg()]);
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!(
             "acme: 1 name(s) from {}: 0 with a certificate, 1 waiting: {NAME}",
-            ports.directory()
+            scene.ports.directory()
         )),
         "{out}"
     );
 
-    let node = Node::start(&files);
-    let serial = wait_served(&node, files.https(), NAME, &pebble, None);
+    let node = Node::start(&scene.files);
+    let serial = wait_served(&node, scene.files.https(), NAME, &pebble, None);
     assert_eq!(pebble.orders(), 1);
     wait_log(
         &node,
@@ -302,16 +331,16 @@ fn http_01_issues_serves_by_sni_is_reused_after_a_restart_and_renews_on_request(
         "the expiry gauge covers ACME certificates"
     );
     // The API host keeps its file pair.
-    served(files.https(), "localhost", &ca.pem).unwrap();
+    served(scene.files.https(), "localhost", &scene.ca.pem).unwrap();
 
     // Keys are private; the account is stored once.
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    let certs = certs_dir(&state, &ports);
+    let certs = certs_dir(&scene.state, &scene.ports);
     assert_eq!(mode(&certs.join(format!("{NAME}.pem"))), 0o600);
     assert_eq!(mode(&certs.parent().unwrap().join("account.json")), 0o600);
 
-    let (ok, out, err) = run_cli(&["certs", "--config", files.config_arg()]);
+    let (ok, out, err) = run_cli(&["certs", "--config", scene.files.config_arg()]);
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!("{NAME}\n  source:       acme: ")),
@@ -322,24 +351,33 @@ fn http_01_issues_serves_by_sni_is_reused_after_a_restart_and_renews_on_request(
 
     // A restart serves what is stored, and orders nothing.
     node.kill();
-    let node = Node::start(&files);
-    assert_eq!(served(files.https(), NAME, &pebble.root()).unwrap(), serial);
+    let node = Node::start(&scene.files);
+    assert_eq!(
+        served(scene.files.https(), NAME, &pebble.root()).unwrap(),
+        serial
+    );
     // The first pass has looked at the name (pebble offers no renewal
     // information, and says so): still one order.
     wait_log(&node, "offers no renewal information");
     assert_eq!(pebble.orders(), 1, "a restart must not order again");
 
     // A renewal on request: ordered and served without a restart.
-    let (ok, out, err) = run_cli(&["certs", "--config", files.config_arg(), "--renew", NAME]);
+    let (ok, out, err) = run_cli(&[
+        "certs",
+        "--config",
+        scene.files.config_arg(),
+        "--renew",
+        NAME,
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("renewal requested"), "{out}");
-    let renewed = wait_served(&node, files.https(), NAME, &pebble, Some(&serial));
+    let renewed = wait_served(&node, scene.files.https(), NAME, &pebble, Some(&serial));
     assert_ne!(renewed, serial);
     assert_eq!(pebble.orders(), 2);
     let (ok, _, err) = run_cli(&[
         "certs",
         "--config",
-        files.config_arg(),
+        scene.files.config_arg(),
         "--renew",
         "nope.test",
     ]);
@@ -352,28 +390,13 @@ fn http_01_issues_serves_by_sni_is_reused_after_a_restart_and_renews_on_request(
 
 #[test]
 fn tls_alpn_01_is_answered_before_pingoras_handshake() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let ports = PebblePorts::new();
-    let state = dir.path().join("state");
-    let files = node_files(
-        &dir.path().join("node"),
-        &ca,
-        &ports,
-        &state,
-        &format!("domains = [{NAME:?}]\nchallenge = \"tls-alpn-01\""),
-    );
+    let scene = Scene::new(&format!(
+        "domains = [{NAME:?}]\nchallenge = \"tls-alpn-01\""
+    ));
     // The CA's plain-HTTP port is closed: only TLS-ALPN-01 can succeed.
-    let pebble = Pebble::start(
-        &dir.path().join("pebble"),
-        ports,
-        free_port(),
-        files.https,
-        &ca,
-        &PebbleOptions::default(),
-    );
-    let node = Node::start(&files);
-    wait_served(&node, files.https(), NAME, &pebble, None);
+    let pebble = scene.pebble_on(free_port(), &PebbleOptions::default());
+    let node = Node::start(&scene.files);
+    wait_served(&node, scene.files.https(), NAME, &pebble, None);
     wait_log(
         &node,
         &format!("acme: {NAME}: TLS-ALPN-01 challenge answered"),
@@ -382,16 +405,16 @@ fn tls_alpn_01_is_answered_before_pingoras_handshake() {
     // Ordinary clients still get HTTP/2 or HTTP/1.1 on the same listener.
     let client = reqwest::blocking::Client::builder()
         .tls_backend_preconfigured({
-            let mut c = ca.client_config();
+            let mut c = scene.ca.client_config();
             c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             c
         })
-        .resolve("localhost", files.https())
+        .resolve("localhost", scene.files.https())
         .no_proxy()
         .build()
         .unwrap();
     let r = client
-        .get(format!("https://localhost:{}/healthz", files.https))
+        .get(format!("https://localhost:{}/healthz", scene.files.https))
         .send()
         .unwrap();
     assert_eq!(
@@ -402,36 +425,19 @@ fn tls_alpn_01_is_answered_before_pingoras_handshake() {
 
 #[test]
 fn failures_back_off_with_the_cas_reason_while_the_old_certificate_serves() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let ports = PebblePorts::new();
-    let state = dir.path().join("state");
-    let files = node_files(
-        &dir.path().join("node"),
-        &ca,
-        &ports,
-        &state,
-        &format!("domains = [{NAME:?}, \"blocked.test\"]"),
-    );
-    let mut pebble = Pebble::start(
-        &dir.path().join("pebble"),
-        ports,
-        files.http,
-        files.https,
-        &ca,
-        &PebbleOptions {
-            blocklist: vec!["blocked.test".into()],
-            ..PebbleOptions::default()
-        },
-    );
-    let node = Node::start(&files);
-    let serial = wait_served(&node, files.https(), NAME, &pebble, None);
+    let scene = Scene::new(&format!("domains = [{NAME:?}, \"blocked.test\"]"));
+    let mut pebble = scene.pebble(&PebbleOptions {
+        blocklist: vec!["blocked.test".into()],
+        ..PebbleOptions::default()
+    });
+    let node = Node::start(&scene.files);
+    let serial = wait_served(&node, scene.files.https(), NAME, &pebble, None);
 
     // The CA refuses one name: its problem document is in the warning,
     // the name is counted, waits, and its handshakes are refused.
     wait_log(&node, "acme: blocked.test: order failed (1 in a row): the CA refused: urn:ietf:params:acme:error:rejectedIdentifier");
-    assert!(served(files.https(), "blocked.test", &pebble.root()).is_err());
-    let (ok, out, err) = run_cli(&["certs", "--config", files.config_arg()]);
+    assert!(served(scene.files.https(), "blocked.test", &pebble.root()).is_err());
+    let (ok, out, err) = run_cli(&["certs", "--config", scene.files.config_arg()]);
     assert!(ok, "{err}");
     assert!(
         out.contains("blocked.test\n  source:       acme: waiting"),
@@ -443,7 +449,13 @@ fn failures_back_off_with_the_cas_reason_while_the_old_certificate_serves() {
     // and the current certificate keeps serving.
     let root = pebble.root();
     pebble.stop();
-    let (ok, _, err) = run_cli(&["certs", "--config", files.config_arg(), "--renew", NAME]);
+    let (ok, _, err) = run_cli(&[
+        "certs",
+        "--config",
+        scene.files.config_arg(),
+        "--renew",
+        NAME,
+    ]);
     assert!(ok, "{err}");
     wait_log(
         &node,
@@ -460,8 +472,8 @@ fn failures_back_off_with_the_cas_reason_while_the_old_certificate_serves() {
     assert!(node
         .metric("visitord_acme_orders_total{result=\"error\"}")
         .is_some_and(|n| n >= 2.0));
-    assert_eq!(served(files.https(), NAME, &root).unwrap(), serial);
-    let (ok, out, _) = run_cli(&["certs", "--config", files.config_arg()]);
+    assert_eq!(served(scene.files.https(), NAME, &root).unwrap(), serial);
+    let (ok, out, _) = run_cli(&["certs", "--config", scene.files.config_arg()]);
     assert!(ok);
     assert!(
         out.contains("(after 1 failed order(s); last: cannot reach the CA"),
@@ -478,28 +490,11 @@ fn failures_back_off_with_the_cas_reason_while_the_old_certificate_serves() {
 
 #[test]
 fn damaged_state_is_refused_with_its_reason_and_the_old_state_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let ports = PebblePorts::new();
-    let state = dir.path().join("state");
-    let files = node_files(
-        &dir.path().join("node"),
-        &ca,
-        &ports,
-        &state,
-        &format!("domains = [{NAME:?}]"),
-    );
-    let pebble = Pebble::start(
-        &dir.path().join("pebble"),
-        ports,
-        files.http,
-        files.https,
-        &ca,
-        &PebbleOptions::default(),
-    );
-    let node = Node::start(&files);
-    let serial = wait_served(&node, files.https(), NAME, &pebble, None);
-    let certs = certs_dir(&state, &ports);
+    let scene = Scene::new(&format!("domains = [{NAME:?}]"));
+    let pebble = scene.pebble(&PebbleOptions::default());
+    let node = Node::start(&scene.files);
+    let serial = wait_served(&node, scene.files.https(), NAME, &pebble, None);
+    let certs = certs_dir(&scene.state, &scene.ports);
 
     // A damaged record: reported, not repaired, no order.
     let record = certs.join(format!("{NAME}.json"));
@@ -512,7 +507,13 @@ fn damaged_state_is_refused_with_its_reason_and_the_old_state_kept() {
         ),
     );
     assert_eq!(std::fs::read_to_string(&record).unwrap(), "{\"serial\": ");
-    let (ok, _, err) = run_cli(&["certs", "--config", files.config_arg(), "--renew", NAME]);
+    let (ok, _, err) = run_cli(&[
+        "certs",
+        "--config",
+        scene.files.config_arg(),
+        "--renew",
+        NAME,
+    ]);
     assert!(!ok, "a renewal is not recorded over a damaged record");
     assert!(err.contains("damaged, left as it is"), "{err}");
 
@@ -528,15 +529,21 @@ fn damaged_state_is_refused_with_its_reason_and_the_old_state_kept() {
             bundle.display()
         ),
     );
-    assert_eq!(served(files.https(), NAME, &pebble.root()).unwrap(), serial);
-    let (ok, _, err) = run_cli(&["check", "--config", files.config_arg()]);
+    assert_eq!(
+        served(scene.files.https(), NAME, &pebble.root()).unwrap(),
+        serial
+    );
+    let (ok, _, err) = run_cli(&["check", "--config", scene.files.config_arg()]);
     assert!(!ok);
     assert!(err.contains(&format!("{}: ", bundle.display())), "{err}");
 
     // Repaired by the operator: served again, and still one order.
     std::fs::write(&bundle, good).unwrap();
     wait_log(&node, "now serving generation 3");
-    assert_eq!(served(files.https(), NAME, &pebble.root()).unwrap(), serial);
+    assert_eq!(
+        served(scene.files.https(), NAME, &pebble.root()).unwrap(),
+        serial
+    );
     assert_eq!(pebble.orders(), 1);
 }
 
