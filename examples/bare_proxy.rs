@@ -18,6 +18,11 @@
 //! - the same global allocator as visitord (mimalloc), so the ratio
 //!   measures visitord's own work, not a difference of allocators.
 //!
+//! With `BARE_HEADERS=1` in its environment it also adds the eleven
+//! `X-Visitor-*` headers with fixed values (no lookup): what the headers
+//! alone cost through Pingora's header API, the floor for a site that takes
+//! them all.
+//!
 //! `cargo run --release --example bare_proxy -- CERT KEY ADDR THREADS UPSTREAM [KEEPALIVE_SECS]`
 //! e.g. `... -- tls/localhost.crt tls/localhost.key 127.0.0.1:8443 2 127.0.0.1:8080`
 
@@ -26,7 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora::apps::HttpServerOptions;
+use pingora::http::RequestHeader;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{http_proxy_service_with_name, ProxyHttp, Session};
@@ -43,10 +50,28 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// reuses, one fewer).
 const KEEPALIVE_REUSES: u32 = 999_999;
 
+/// The headers `BARE_HEADERS=1` adds: a typical visitor's eleven values.
+const VISITOR_HEADERS: [(&str, &str); 11] = [
+    ("X-Visitor-IP", "203.0.113.77"),
+    ("X-Visitor-Country", "DE"),
+    ("X-Visitor-Region", "Bavaria"),
+    ("X-Visitor-City", "Munich"),
+    ("X-Visitor-Latitude", "48.1374"),
+    ("X-Visitor-Longitude", "11.5755"),
+    ("X-Visitor-Currencies", "EUR"),
+    ("X-Visitor-Languages", "de"),
+    ("X-Visitor-Browser", "Chrome 120.0.0"),
+    ("X-Visitor-OS", "Windows 10"),
+    ("X-Visitor-Device", "desktop"),
+];
+
 struct BareProxy {
     /// The one upstream, built once; every request gets a copy.
     peer: HttpPeer,
     keepalive_secs: u64,
+    /// Headers added to every upstream request (`BARE_HEADERS=1`), values
+    /// built once.
+    headers: Vec<(&'static str, HeaderValue)>,
 }
 
 #[async_trait]
@@ -61,6 +86,18 @@ impl ProxyHttp for BareProxy {
             s.set_keepalive(Some(self.keepalive_secs));
         }
         Ok(false)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session,
+        up: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        for (name, value) in &self.headers {
+            up.insert_header(*name, value.clone())?;
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
@@ -107,9 +144,18 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = Arc::clone(&server.configuration);
+    let headers = if std::env::var_os("BARE_HEADERS").is_some_and(|v| v == "1") {
+        VISITOR_HEADERS
+            .iter()
+            .map(|&(name, value)| (name, HeaderValue::from_static(value)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let proxy = BareProxy {
         peer,
         keepalive_secs,
+        headers,
     };
     let mut service = http_proxy_service_with_name(&conf, proxy, "bare proxy");
     if let Some(app) = service.app_logic_mut() {
