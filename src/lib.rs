@@ -5,7 +5,7 @@
 //! `respond`. Modules are layered; each imports only from layers below it
 //! (`tests/architecture.rs` keeps it so):
 //!
-//! - L0 leaves: `json country agent geo limits project_counts metrics host
+//! - L0 leaves: `clock json country agent geo limits project_counts metrics host
 //!   origin client_ip proxy_protocol logging systemd request_head usage
 //!   metrics_access reload_history`
 //! - L1 `config`: the serde surface and the typed configuration
@@ -26,6 +26,7 @@ pub mod agent;
 pub mod answer;
 pub mod api;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod country;

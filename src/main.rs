@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use visitord::acme::{self, format_unix};
+use visitord::acme;
+use visitord::clock;
 use visitord::snapshot::Snapshot;
 
 /// mimalloc instead of glibc's malloc: see Cargo.toml and
@@ -182,7 +183,7 @@ fn certs(config: PathBuf, renew: Option<&str>) -> anyhow::Result<()> {
             name,
             serial,
             "visitord certs --renew",
-            acme::unix_now(),
+            clock::now(),
         )?;
         println!("{name}: renewal requested; running nodes order it within seconds");
         return Ok(());
@@ -217,7 +218,7 @@ fn print_certificate(snapshot: &Snapshot, cert: &LoadedCertificate) {
             let name = cert.names.first().map_or("", String::as_str);
             println!("  source:       acme: {}", cert.files.cert.display());
             println!("  issuer:       {}", cert.issuer);
-            println!("  not after:    {}", format_unix(cert.not_after));
+            println!("  not after:    {}", clock::rfc3339(cert.not_after));
             println!(
                 "  next renewal: {}",
                 next_order(plan, name, Some(cert), snapshot)
@@ -226,7 +227,7 @@ fn print_certificate(snapshot: &Snapshot, cert: &LoadedCertificate) {
         _ => {
             println!("  source:       file: {}", cert.files.cert.display());
             println!("  issuer:       {}", cert.issuer);
-            println!("  not after:    {}", format_unix(cert.not_after));
+            println!("  not after:    {}", clock::rfc3339(cert.not_after));
             println!("  next renewal: none here (replace the files; they reload live)");
         }
     }
@@ -251,10 +252,10 @@ fn next_order(
     });
     let renew_before = snapshot.config.acme.as_ref().and_then(|a| a.renew_before);
     let due = acme::schedule::due_at(current.as_ref(), meta.as_ref(), renew_before);
-    let mut out = if due <= acme::unix_now() {
+    let mut out = if due <= clock::now() {
         "now".to_owned()
     } else {
-        format_unix(due)
+        clock::rfc3339(due)
     };
     if let Some(m) = meta.as_ref().filter(|m| m.failures > 0) {
         out.push_str(&format!(
@@ -265,8 +266,8 @@ fn next_order(
     } else if let Some(w) = meta.as_ref().and_then(|m| m.ari) {
         out.push_str(&format!(
             " (inside the CA's window {} .. {})",
-            format_unix(w.start),
-            format_unix(w.end)
+            clock::rfc3339(w.start),
+            clock::rfc3339(w.end)
         ));
     }
     out

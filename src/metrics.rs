@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::sync::{LazyLock, OnceLock};
-use std::time::UNIX_EPOCH;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -414,12 +413,6 @@ pub fn status_label(status: u16) -> Cow<'static, str> {
         403 => Cow::Borrowed("403"),
         other => Cow::Owned(other.to_string()),
     }
-}
-
-/// Seconds since the epoch for a SystemTime, 0 before it.
-pub fn unix_seconds(t: std::time::SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+use crate::clock;
 use crate::config::CertificateFiles;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +85,7 @@ impl Certificates {
     /// Loads every pair; fails on the first one that is unreadable, malformed,
     /// expired, or whose key does not match its certificate.
     pub fn load(files: &[CertificateFiles]) -> Result<Certificates, TlsError> {
-        let now = unix_now();
+        let now = clock::now();
         let mut out = Certificates::default();
         for f in files {
             let loaded = read_pair(f, CertSource::File)?;
@@ -111,7 +111,7 @@ impl Certificates {
     /// else wrong with the file is an error, as for a file pair.
     pub fn add_acme(&mut self, name: &str, bundle: &Path) -> Result<bool, TlsError> {
         let loaded = check_bundle(name, &read(bundle)?, bundle)?;
-        if check_validity(&loaded, unix_now()).is_err() {
+        if check_validity(&loaded, clock::now()).is_err() {
             self.wait_for(name);
             return Ok(false);
         }
@@ -180,26 +180,19 @@ impl Certificates {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs() as i64
-}
-
 /// Refuses a certificate outside its validity period (a minute of clock
 /// skew allowed at the start).
 fn check_validity(c: &LoadedCertificate, now: i64) -> Result<(), TlsError> {
     if c.not_after < now {
         return Err(invalid(
             &c.files.cert,
-            format!("expired (notAfter {})", format_unix(c.not_after)),
+            format!("expired (notAfter {})", clock::rfc3339(c.not_after)),
         ));
     }
     if c.not_before > now + 60 {
         return Err(invalid(
             &c.files.cert,
-            format!("not valid yet (notBefore {})", format_unix(c.not_before)),
+            format!("not valid yet (notBefore {})", clock::rfc3339(c.not_before)),
         ));
     }
     Ok(())
@@ -345,11 +338,6 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
         16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
         _ => None,
     }
-}
-
-fn format_unix(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Writes a self-signed certificate for `localhost`, `127.0.0.1` and `::1`

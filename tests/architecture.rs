@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 /// cycle) and from lower ones.
 const LAYERS: &[(&str, u8)] = &[
     // L0: leaves, plain data in and out.
+    ("clock", 0),
     ("json", 0),
     ("country", 0),
     ("agent", 0),

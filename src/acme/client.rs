@@ -162,7 +162,7 @@ pub async fn account(acme: &Acme, store: &Store, owner: &str) -> Result<Account,
         &store.lock_file("account"),
         owner,
         LEASE_TTL,
-        super::unix_now(),
+        crate::clock::now(),
     )? {
         Taken::Yes(lease) => lease,
         Taken::HeldBy(h) => return Err(AcmeError::AccountBusy(h.owner)),

@@ -71,20 +71,6 @@ pub fn random_hex() -> String {
     format!("{:016x}", random_u64())
 }
 
-/// Unix seconds as RFC 3339 (UTC), for logs and `visitord certs`.
-pub fn format_unix(secs: i64) -> String {
-    let t =
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// The seconds since the Unix epoch now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
 mod tests {

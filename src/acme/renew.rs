@@ -14,10 +14,10 @@ use instant_acme::Account;
 use rustls::pki_types::CertificateDer;
 
 use super::client::{self, AcmeError, LEASE_TTL};
-use super::format_unix;
 use super::lease::{Lease, Taken};
 use super::schedule::{self, Current};
 use super::store::{Meta, Store, StoreError};
+use crate::clock;
 use crate::config::Acme;
 use crate::metrics::METRICS;
 use crate::tls;
@@ -103,7 +103,7 @@ impl Renewer {
             self.last_names = names_now;
         }
         for m in names {
-            let now = super::unix_now();
+            let now = clock::now();
             let meta = match store.read_meta(&m.name) {
                 Ok(meta) => {
                     self.warned.remove(&m.name);
@@ -220,8 +220,8 @@ impl Renewer {
                     "acme: {}: certificate issued (serial {}, valid until {}); renewal due {}",
                     m.name,
                     kept.serial.as_deref().unwrap_or(""),
-                    format_unix(kept.not_after.unwrap_or(0)),
-                    format_unix(kept.renew_at.unwrap_or(0)),
+                    clock::rfc3339(kept.not_after.unwrap_or(0)),
+                    clock::rfc3339(kept.renew_at.unwrap_or(0)),
                 );
             }
             Err(e) => {
@@ -232,7 +232,7 @@ impl Renewer {
                 let served = match &m.current {
                     Some(c) => format!(
                         "the current certificate (valid until {}) keeps serving",
-                        format_unix(c.facts.not_after)
+                        clock::rfc3339(c.facts.not_after)
                     ),
                     None => "no certificate to serve yet".to_owned(),
                 };
@@ -329,9 +329,9 @@ impl Renewer {
                 if record.renew_at != before {
                     log::info!(
                         "acme: {name}: the CA suggests renewing between {} and {}; renewal due {}",
-                        format_unix(start),
-                        format_unix(end),
-                        format_unix(record.renew_at.unwrap_or(start))
+                        clock::rfc3339(start),
+                        clock::rfc3339(end),
+                        clock::rfc3339(record.renew_at.unwrap_or(start))
                     );
                 }
                 if let Err(e) = store.write_meta(name, &record) {
@@ -427,7 +427,7 @@ fn keep(acme: &Acme, store: &Store, name: &str, issued: client::Issued) -> Resul
     let record = Meta {
         serial: Some(loaded.serial.clone()),
         not_after: Some(loaded.not_after),
-        issued_at: Some(super::unix_now()),
+        issued_at: Some(clock::now()),
         order_url: Some(issued.order_url),
         renew_at: Some(schedule::default_renew_at(
             loaded.not_before,
@@ -445,7 +445,6 @@ fn keep(acme: &Acme, store: &Store, name: &str, issued: client::Issued) -> Resul
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // STYLE: allowed in tests
 mod tests {
-    use super::super::unix_now;
     use super::*;
     use base64::Engine as _;
 
@@ -589,7 +588,10 @@ mod tests {
         let (start, end) = (1_894_233_600, 1_894_406_400); // 2030-01-10 .. 2030-01-12
         let ari = m.ari.expect("the window is recorded");
         assert_eq!((ari.start, ari.end), (start, end));
-        assert!(ari.next_check > unix_now() + 21_000, "Retry-After is kept");
+        assert!(
+            ari.next_check > clock::now() + 21_000,
+            "Retry-After is kept"
+        );
         let at = m.renew_at.unwrap();
         assert!((start..=end).contains(&at), "{at}");
         assert_eq!(schedule::due_at(Some(&facts), Some(&m), None), at);

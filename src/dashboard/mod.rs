@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::clock;
 use crate::reload_history::ReloadRecord;
 use crate::snapshot::Snapshot;
 use crate::usage::UsageReport;
@@ -112,7 +113,7 @@ pub struct Clock {
 
 impl Status {
     pub fn collect(snap: &Snapshot, reloads: &[ReloadRecord], clock: Clock) -> Status {
-        let now = unix(clock.now);
+        let now = clock::unix_seconds(clock.now);
         Status {
             version: env!("CARGO_PKG_VERSION"),
             generation: snap.generation,
@@ -144,7 +145,7 @@ impl Status {
                         file: db.path.display().to_string(),
                         database_type: db.database_type.clone(),
                         shape: db.shape.as_str(),
-                        built_at: timestamp_secs(built),
+                        built_at: clock::rfc3339(built),
                         age_days: (now - built).div_euclid(DAY),
                     }
                 })
@@ -156,7 +157,7 @@ impl Status {
                     names: c.names.clone(),
                     source: "file",
                     file: c.files.cert.display().to_string(),
-                    expires_at: timestamp_secs(c.not_after),
+                    expires_at: clock::rfc3339(c.not_after),
                     days_left: (c.not_after - now).div_euclid(DAY),
                 })
                 .collect(),
@@ -197,21 +198,9 @@ impl Status {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
-    crate::metrics::unix_seconds(t)
-}
-
 /// RFC 3339 in UTC, to the second.
 fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn timestamp_secs(secs: i64) -> String {
-    let t = match u64::try_from(secs) {
-        Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
-        Err(_) => SystemTime::UNIX_EPOCH,
-    };
-    timestamp(t)
 }
 
 #[cfg(test)]
