@@ -15,13 +15,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -129,6 +130,9 @@ pub struct Limited {
     _place: Option<ConnectionPlace>,
     _open: OpenConnection,
     head: Option<HeadWatch>,
+    /// Set by [`finish_request`] (the HTTP layer's side, which only has a
+    /// shared reference); taken by the next read.
+    request_finished: AtomicBool,
 }
 
 impl Limited {
@@ -138,7 +142,30 @@ impl Limited {
             _place: place,
             _open: OpenConnection::new(),
             head: head.map(HeadWatch::new),
+            request_finished: AtomicBool::new(false),
         }
+    }
+}
+
+/// Called when the HTTP layer is done with an HTTP/1 request (Pingora's
+/// `logging` phase): the next byte read starts the next request's head.
+/// Until then no byte read is taken for a head, even once the answer has
+/// started while the body is still coming (an upstream that answers before
+/// reading it). A connection that will not be kept is left alone, and so is
+/// one whose body is unfinished: Pingora closes a connection it answered
+/// before the body was read.
+pub fn finish_request(s: &mut ServerSession) {
+    let upgraded = s
+        .response_written()
+        .is_some_and(|r| r.status.as_u16() == 101);
+    if s.get_keepalive().is_none() || upgraded || !s.is_body_done() {
+        return;
+    }
+    let limited = s
+        .stream()
+        .and_then(|st| st.as_any().downcast_ref::<Limited>());
+    if let Some(limited) = limited {
+        limited.request_finished.store(true, Ordering::Release);
     }
 }
 
@@ -203,6 +230,10 @@ impl AsyncRead for Limited {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Some(head) = &mut this.head {
+            if *this.request_finished.get_mut() {
+                *this.request_finished.get_mut() = false;
+                head.next_request();
+            }
             match &result {
                 Poll::Ready(Ok(())) => {
                     head.on_read(&buf.filled()[before..]);
@@ -235,12 +266,7 @@ impl AsyncWrite for Limited {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let (Some(head), Poll::Ready(Ok(n))) = (&mut this.head, &result) {
-            head.on_write(&buf[..*n]);
-        }
-        result
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -248,16 +274,7 @@ impl AsyncWrite for Limited {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let (Some(head), Poll::Ready(Ok(n))) = (&mut this.head, &result) {
-            if *n > 0 {
-                if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-                    head.on_write(&first[..(*n).min(first.len())]);
-                }
-            }
-        }
-        result
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -20,6 +20,7 @@ use crate::acme;
 use crate::answer::{self, Answer};
 use crate::api;
 use crate::config::ListenerKind;
+use crate::connection;
 use crate::limits::{Exceeded, Limiter};
 use crate::metrics::{RouteLabel, METRICS};
 use crate::origin::DenyReason;
@@ -295,7 +296,7 @@ impl ProxyHttp for Visitord {
         ctx.site.is_some()
     }
 
-    async fn logging(&self, _s: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let snap = &ctx.snap;
         let o = &ctx.outcome;
         if let Some(reason) = o.rejection {
@@ -331,6 +332,7 @@ impl ProxyHttp for Visitord {
             Some(Route::Site(i)) => snap.site_metrics.observe(i, o.status),
             _ => {}
         }
+        connection::finish_request(&mut s.downstream_session);
     }
 }
 

@@ -454,6 +454,46 @@ fn trace_logging_beside_watched_files_does_not_feed_itself() {
         .contains("reloaded on file change")));
 }
 
+/// A request body is never taken for a request head, even once the answer
+/// has started: the site's upstream answers at once without reading the
+/// body, and the rest of the body, longer than `max_request_head` and sent
+/// after a pause past `request_header_timeout`, is still the body.
+#[test]
+fn a_body_after_an_early_answer_is_not_a_head() {
+    let up = Upstream::start("early");
+    let s = Server::with(Options {
+        extra: format!(
+            "\n[limits]\nmax_request_head = 4096\nrequest_header_timeout = \"1s\"\n\
+             [[site]]\nhosts = [\"site.example.com\"]\nupstreams = [\"{}\"]\n",
+            up.addr
+        ),
+        ..Options::default()
+    });
+    let mut tls = tls_from(s.https, &s.ca, client()).unwrap();
+    let half = "a".repeat(32 * 1024);
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: site.example.com\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        half.len() * 2
+    );
+    tls.write_all(head.as_bytes()).unwrap();
+    tls.write_all(half.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = tls.write_all(half.as_bytes()).and_then(|()| tls.flush());
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200"], "{text}");
+    for reason in ["head_too_large", "head_timeout"] {
+        let series = format!("visitord_closed_connections_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&s, &series), 0.0, "{series}");
+    }
+}
+
 /// Pipelined HTTP/1.1 requests are answered in order, as nginx does.
 #[test]
 fn pipelined_requests_are_answered_in_order() {
