@@ -239,7 +239,20 @@ pub enum RouteLabel {
 }
 
 impl RouteLabel {
-    const COUNT: usize = 9;
+    /// Every label, in declaration order (`label as usize` is its index).
+    pub const ALL: [RouteLabel; 10] = [
+        RouteLabel::Api,
+        RouteLabel::Site,
+        RouteLabel::SiteApi,
+        RouteLabel::Healthz,
+        RouteLabel::Readyz,
+        RouteLabel::Redirect,
+        RouteLabel::NotFound,
+        RouteLabel::BadRequest,
+        RouteLabel::Unknown,
+        RouteLabel::AcmeChallenge,
+    ];
+    const COUNT: usize = RouteLabel::ALL.len();
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -257,8 +270,20 @@ impl RouteLabel {
     }
 }
 
-/// Statuses whose handles are kept, by slot; any other is looked up per
-/// request.
+/// Every status a request without a project can end with has a slot (a
+/// site answers with whatever its upstream sends): 0 for none, 1 to 500
+/// for 100 to 599.
+fn any_status_slot(status: u16) -> Option<usize> {
+    match status {
+        0 => Some(0),
+        100..=599 => Some(usize::from(status - 99)),
+        _ => None,
+    }
+}
+const ANY_STATUS_SLOTS: usize = 501;
+
+/// The statuses of the API's own answers for a project have slots; any
+/// other is looked up per request.
 fn status_slot(status: u16) -> Option<usize> {
     Some(match status {
         200 => 0,
@@ -282,7 +307,7 @@ const STATUS_SLOTS: usize = 8;
 /// into its project list. A handle resolved twice (by a new snapshot) is the
 /// same series.
 pub struct RequestMetrics {
-    /// `[route][status]`, requests without a project.
+    /// `[route][any status]`, requests without a project.
     plain: Box<[OnceLock<IntCounter>]>,
     /// `[project][status]`, `api` requests for a project.
     api: Box<[OnceLock<IntCounter>]>,
@@ -295,7 +320,7 @@ impl RequestMetrics {
     pub fn new(projects: usize) -> RequestMetrics {
         let slots = |n: usize| (0..n).map(|_| OnceLock::new()).collect();
         RequestMetrics {
-            plain: slots(RouteLabel::COUNT * STATUS_SLOTS),
+            plain: slots(RouteLabel::COUNT * ANY_STATUS_SLOTS),
             api: slots(projects * STATUS_SLOTS),
             durations: Default::default(),
         }
@@ -311,12 +336,12 @@ impl RequestMetrics {
         seconds: f64,
     ) {
         let r = route as usize;
-        let slot = match (status_slot(status), project) {
-            (Some(s), None) => self.plain.get(r * STATUS_SLOTS + s),
-            (Some(s), Some((p, _))) if route == RouteLabel::Api => {
-                self.api.get(p * STATUS_SLOTS + s)
+        let slot = match project {
+            None => any_status_slot(status).and_then(|s| self.plain.get(r * ANY_STATUS_SLOTS + s)),
+            Some((p, _)) if route == RouteLabel::Api => {
+                status_slot(status).and_then(|s| self.api.get(p * STATUS_SLOTS + s))
             }
-            _ => None,
+            Some(_) => None,
         };
         let count = || {
             let project = project.map_or("", |(_, id)| id);
@@ -420,6 +445,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_route_label_has_its_own_slot() {
+        for (k, label) in RouteLabel::ALL.iter().enumerate() {
+            assert_eq!(*label as usize, k, "{label:?}");
+        }
+        let m = RequestMetrics::new(0);
+        assert!(m
+            .plain
+            .get((RouteLabel::COUNT - 1) * ANY_STATUS_SLOTS + 500)
+            .is_some());
+        assert_eq!(m.durations.len(), RouteLabel::ALL.len());
+        assert_eq!(any_status_slot(599), Some(ANY_STATUS_SLOTS - 1));
+        assert_eq!(any_status_slot(600), None);
+    }
+
+    #[test]
     fn request_handles_count_the_same_series_as_label_lookups() {
         let m = RequestMetrics::new(2);
         let count = |route: &str, status: &str, project: &str| {
@@ -429,13 +469,16 @@ mod tests {
                 .get()
         };
         type Case<'a> = (RouteLabel, u16, Option<(usize, &'a str)>, &'a str);
-        let cases: [Case<'_>; 6] = [
+        let cases: [Case<'_>; 9] = [
             (RouteLabel::Api, 200, Some((1, "handles-b")), "handles-b"),
             (RouteLabel::Api, 403, Some((0, "handles-a")), "handles-a"),
             (RouteLabel::Api, 418, Some((0, "handles-a")), "handles-a"),
             (RouteLabel::Site, 502, None, ""),
+            (RouteLabel::Site, 100, None, ""),
+            (RouteLabel::Site, 599, None, ""),
             (RouteLabel::Healthz, 200, None, ""),
-            (RouteLabel::Unknown, 200, None, ""),
+            (RouteLabel::Unknown, 0, None, ""),
+            (RouteLabel::AcmeChallenge, 404, None, ""),
         ];
         for (route, status, project, label) in cases {
             let status_text = status.to_string();
