@@ -18,10 +18,10 @@
 //! - the same global allocator as visitord (mimalloc), so the ratio
 //!   measures visitord's own work, not a difference of allocators.
 //!
-//! With `BARE_HEADERS=1` in its environment it also adds the eleven
-//! `X-Visitor-*` headers with fixed values (no lookup): what the headers
-//! alone cost through Pingora's header API, the floor for a site that takes
-//! them all.
+//! With `BARE_HEADERS=1` in its environment it also adds visitord's eleven
+//! `X-Visitor-*` headers with fixed values (no lookup), handed to Pingora as
+//! visitord hands them: what the headers alone cost through Pingora's header
+//! API, the floor for a site that takes them all.
 //!
 //! `cargo run --release --example bare_proxy -- CERT KEY ADDR THREADS UPSTREAM [KEEPALIVE_SECS]`
 //! e.g. `... -- tls/localhost.crt tls/localhost.key 127.0.0.1:8443 2 127.0.0.1:8080`
@@ -40,6 +40,7 @@ use pingora::proxy::{http_proxy_service_with_name, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::Result;
+use visitord::visitor::VISITOR_HEADERS;
 
 /// The allocator visitord runs with (src/main.rs).
 #[global_allocator]
@@ -50,19 +51,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// reuses, one fewer).
 const KEEPALIVE_REUSES: u32 = 999_999;
 
-/// The headers `BARE_HEADERS=1` adds: a typical visitor's eleven values.
-const VISITOR_HEADERS: [(&str, &str); 11] = [
-    ("X-Visitor-IP", "203.0.113.77"),
-    ("X-Visitor-Country", "DE"),
-    ("X-Visitor-Region", "Bavaria"),
-    ("X-Visitor-City", "Munich"),
-    ("X-Visitor-Latitude", "48.1374"),
-    ("X-Visitor-Longitude", "11.5755"),
-    ("X-Visitor-Currencies", "EUR"),
-    ("X-Visitor-Languages", "de"),
-    ("X-Visitor-Browser", "Chrome 120.0.0"),
-    ("X-Visitor-OS", "Windows 10"),
-    ("X-Visitor-Device", "desktop"),
+/// The values `BARE_HEADERS=1` sends under visitord's eleven header names
+/// (`visitord::visitor::VISITOR_HEADERS`, same order), as visitord writes
+/// them for a visitor from London on Chrome.
+const VISITOR_VALUES: [&str; 11] = [
+    "GB",
+    "ENG",
+    "London",
+    "51.514200,-0.093100",
+    "Europe/London",
+    "EU",
+    "GBP",
+    "en-GB,cy-GB,gd",
+    "Chrome",
+    "Windows",
+    "Other",
 ];
 
 struct BareProxy {
@@ -147,7 +150,8 @@ fn main() {
     let headers = if std::env::var_os("BARE_HEADERS").is_some_and(|v| v == "1") {
         VISITOR_HEADERS
             .iter()
-            .map(|&(name, value)| (name, HeaderValue::from_static(value)))
+            .zip(VISITOR_VALUES)
+            .map(|(name, value)| (name.as_str(), HeaderValue::from_static(value)))
             .collect()
     } else {
         Vec::new()

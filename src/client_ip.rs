@@ -41,9 +41,9 @@
 //! commas (RFC 9110 §5.3), except that a quoted string in `Forwarded` never
 //! runs on into the next line. No allocation on any path.
 
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use http::HeaderValue;
 use ipnet::IpNet;
 
 use crate::host;
@@ -147,19 +147,18 @@ where
     }
 }
 
-/// `X-Forwarded-For` for an upstream, as nginx's
+/// Writes `X-Forwarded-For` for an upstream into `out`, as nginx's
 /// `$proxy_add_x_forwarded_for` but believing only trusted peers: a
 /// trusted peer's chain (`incoming`, every line) is kept and the peer
 /// appended; an untrusted peer's chain is the client's own invention and is
 /// dropped, leaving the peer, which is then the client. With the PROXY
 /// protocol the peer is the address the balancer named.
-pub fn forwarded_for<'a>(
+pub fn push_forwarded_for<'a>(
+    out: &mut Vec<u8>,
     peer: IpAddr,
     peer_trusted: bool,
     incoming: impl Iterator<Item = &'a [u8]>,
-) -> HeaderValue {
-    let peer = peer.to_canonical().to_string();
-    let mut out: Vec<u8> = Vec::new();
+) {
     if peer_trusted {
         for line in incoming {
             let line = line.trim_ascii();
@@ -170,10 +169,8 @@ pub fn forwarded_for<'a>(
             out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(peer.as_bytes());
-    HeaderValue::from_bytes(&out)
-        .or_else(|_| HeaderValue::from_str(&peer))
-        .unwrap_or_else(|_| HeaderValue::from_static(""))
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{}", peer.to_canonical());
 }
 
 /// The right-to-left walk over hops, shared by both headers.
@@ -593,14 +590,14 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let ff = |peer: &str, lines: &[&str]| {
             let peer = ip(peer);
-            forwarded_for(
+            let mut out = Vec::new();
+            push_forwarded_for(
+                &mut out,
                 peer,
                 trusted.contains(peer),
                 lines.iter().map(|l| l.as_bytes()),
-            )
-            .to_str()
-            .unwrap()
-            .to_owned()
+            );
+            String::from_utf8(out).unwrap()
         };
         assert_eq!(
             ff("81.2.69.142", &["1.2.3.4"]),

@@ -5,7 +5,7 @@
 //! `respond`. Modules are layered; each imports only from layers below it
 //! (`tests/architecture.rs` keeps it so):
 //!
-//! - L0 leaves: `clock json country agent geo limits project_counts metrics host
+//! - L0 leaves: `clock header_buf json country agent geo limits project_counts metrics host
 //!   origin client_ip proxy_protocol logging systemd request_head usage
 //!   metrics_access reload_history`
 //! - L1 `config`: the serde surface and the typed configuration
@@ -32,6 +32,7 @@ pub mod connection;
 pub mod country;
 pub mod dashboard;
 pub mod geo;
+pub mod header_buf;
 pub mod health_checks;
 pub mod host;
 pub mod json;

@@ -194,9 +194,9 @@ impl ProxyHttp for Visitord {
         up.insert_header("x-forwarded-for", r.forwarded_for.clone())?;
         up.insert_header("x-real-ip", r.real_ip.clone())?;
         up.insert_header("x-forwarded-proto", HeaderValue::from_static("https"))?;
-        match &r.forwarded_host {
-            Some(h) => up.insert_header("x-forwarded-host", h.clone())?,
-            None => drop(up.remove_header("x-forwarded-host")),
+        // A client's own X-Forwarded-Host went with the refused headers.
+        if let Some(h) = &r.forwarded_host {
+            up.insert_header("x-forwarded-host", h.clone())?;
         }
         Ok(())
     }

@@ -8,10 +8,11 @@ use http::HeaderValue;
 
 use crate::answer::{self, Answer};
 use crate::client_ip;
+use crate::header_buf::HeaderBuf;
 use crate::limits::Limiter;
 use crate::route::{Method, RequestFacts};
 use crate::snapshot::Snapshot;
-use crate::visitor::{self, VisitorData};
+use crate::visitor::{self, VisitorData, VISITOR_HEADER_COUNT};
 
 /// `Allow` on a 405 from a site's same-origin API.
 pub const SAME_ORIGIN_ALLOW: &str = "GET, HEAD";
@@ -24,7 +25,7 @@ pub struct SiteRequest {
     pub index: usize,
     /// In `visitor::VISITOR_HEADERS` order; `None` for a header the site
     /// does not take (`visitor_headers`).
-    pub visitor: [Option<HeaderValue>; 11],
+    pub visitor: [Option<HeaderValue>; VISITOR_HEADER_COUNT],
     pub forwarded_for: HeaderValue,
     /// Whether the peer's own `Forwarded` header may pass.
     pub peer_trusted: bool,
@@ -86,18 +87,29 @@ pub fn decide(
     if !admitted {
         return SiteDecision::Answer(answer::refused_page());
     }
-    SiteDecision::Proxy(Box::new(SiteRequest {
-        index,
-        visitor: visitor::visitor_headers(&data, wanted),
-        forwarded_for: client_ip::forwarded_for(
+    // Every value in one buffer (see `header_buf`).
+    let mut buf = HeaderBuf::with_capacity(256);
+    let visitor = visitor::visitor_headers(&data, wanted, &mut buf);
+    let forwarded_for = buf.push(|out| {
+        client_ip::push_forwarded_for(
+            out,
             facts.peer,
             facts.peer_trusted,
             facts.forwarded_for_lines(),
-        ),
+        );
+    });
+    let real_ip = buf.push(|out| out.extend_from_slice(data.ip_address.as_bytes()));
+    let forwarded_host = facts
+        .host_raw
+        .map(|h| buf.push(|out| out.extend_from_slice(h)));
+    let values = buf.freeze();
+    SiteDecision::Proxy(Box::new(SiteRequest {
+        index,
+        visitor: visitor.map(|m| m.map(|m| values.get(&m))),
+        forwarded_for: values.get(&forwarded_for),
         peer_trusted: facts.peer_trusted,
-        forwarded_host: facts.host_raw.and_then(|h| HeaderValue::from_bytes(h).ok()),
-        real_ip: HeaderValue::from_str(&facts.client.ip.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("")),
+        forwarded_host: forwarded_host.map(|m| values.get(&m)),
+        real_ip: values.get(&real_ip),
         pass_underscore_headers: site.config.pass_underscore_headers,
     }))
 }
@@ -228,7 +240,9 @@ mod tests {
         let SiteDecision::Proxy(r) = decide_for("GET", 2, false, "127.0.0.1", "8.8.8.8") else {
             panic!("proxied")
         };
-        let sent: Vec<usize> = (0..11).filter(|&i| r.visitor[i].is_some()).collect();
+        let sent: Vec<usize> = (0..VISITOR_HEADER_COUNT)
+            .filter(|&i| r.visitor[i].is_some())
+            .collect();
         assert_eq!(sent, [0, 9], "country and os");
         assert_eq!(r.visitor[0].as_ref().unwrap(), "US");
     }
@@ -291,6 +305,26 @@ mod tests {
                 passes,
                 "{name} trusted={trusted} underscore={underscore}"
             );
+        }
+        // The client-address headers docs/sites.md lists: only from a
+        // trusted peer.
+        for name in [
+            "Forwarded",
+            "X-Client-IP",
+            "True-Client-IP",
+            "CF-Connecting-IP",
+            "Fastly-Client-IP",
+            "X-Cluster-Client-IP",
+            "X-Original-Forwarded-For",
+            "X-Forwarded-Port",
+            "X-Forwarded-Server",
+            "X-Forwarded-Scheme",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+        ] {
+            let name = name.to_ascii_lowercase();
+            assert!(!passes_to_upstream(&name, false, false), "{name} untrusted");
+            assert!(passes_to_upstream(&name, true, false), "{name} trusted");
         }
     }
 

@@ -6,13 +6,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::config::VisitorHeaderSet;
 use crate::country;
 use crate::geo::Location;
+use crate::header_buf::{HeaderBuf, Mark};
 use crate::json::{self, ShortText};
 
 /// One visitor as looked up: the address, what the databases hold for it,
@@ -156,8 +157,11 @@ pub fn success_body(d: &VisitorData<'_>) -> Vec<u8> {
     out
 }
 
+/// How many `X-Visitor-*` headers there are.
+pub const VISITOR_HEADER_COUNT: usize = 11;
+
 /// Every header name visitord writes from the visitor facts, in this order.
-pub static VISITOR_HEADERS: [HeaderName; 11] = [
+pub static VISITOR_HEADERS: [HeaderName; VISITOR_HEADER_COUNT] = [
     HeaderName::from_static("x-visitor-country"),
     HeaderName::from_static("x-visitor-region"),
     HeaderName::from_static("x-visitor-city"),
@@ -183,66 +187,51 @@ pub const VISITOR_HEADER_PREFIX: &str = "x-visitor-";
 /// /` written as `%XX` (upper-case hex), so `decodeURIComponent` and its
 /// kin restore it (`São Paulo` → `S%C3%A3o%20Paulo`); lists are such items
 /// joined by `,`; `Lat-Long` is `lat,long` with six decimals, as in the API.
-pub fn visitor_headers(d: &VisitorData<'_>, wanted: VisitorHeaderSet) -> [Option<HeaderValue>; 11] {
-    let value = |i: usize| -> HeaderValue {
-        match i {
-            0 => encoded(d.country_code),
-            1 => encoded(d.region),
-            2 => encoded(d.city),
-            3 => HeaderValue::from_str(&d.city_lat_long).unwrap_or_else(|_| empty()),
-            4 => encoded(d.timezone),
-            5 => encoded(d.continent_code),
-            6 => encoded_list(d.currencies.iter().copied()),
-            7 => encoded_list(d.languages.iter().map(String::as_str)),
-            8 => encoded(d.browser),
-            9 => encoded(d.os),
-            _ => encoded(d.device_family),
-        }
+/// Written into `buf`; the marks say where.
+pub fn visitor_headers(
+    d: &VisitorData<'_>,
+    wanted: VisitorHeaderSet,
+    buf: &mut HeaderBuf,
+) -> [Option<Mark>; VISITOR_HEADER_COUNT] {
+    let write = |i: usize, out: &mut Vec<u8>| match i {
+        0 => push_encoded(out, d.country_code),
+        1 => push_encoded(out, d.region),
+        2 => push_encoded(out, d.city),
+        3 => out.extend_from_slice(d.city_lat_long.as_bytes()),
+        4 => push_encoded(out, d.timezone),
+        5 => push_encoded(out, d.continent_code),
+        6 => push_encoded_list(out, d.currencies.iter().copied()),
+        7 => push_encoded_list(out, d.languages.iter().map(String::as_str)),
+        8 => push_encoded(out, d.browser),
+        9 => push_encoded(out, d.os),
+        _ => push_encoded(out, d.device_family),
     };
-    std::array::from_fn(|i| wanted.contains(i).then(|| value(i)))
-}
-
-fn empty() -> HeaderValue {
-    HeaderValue::from_static("")
+    std::array::from_fn(|i| wanted.contains(i).then(|| buf.push(|out| write(i, out))))
 }
 
 fn is_kept(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/')
 }
 
-fn push_encoded(out: &mut String, s: &str) {
+/// `s` percent-encoded as described on [`visitor_headers`].
+fn push_encoded(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in s.bytes() {
         if is_kept(b) {
-            out.push(char::from(b));
+            out.push(b);
         } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0x0f)]]);
         }
     }
 }
 
-/// `s` percent-encoded as described on [`visitor_headers`].
-pub fn encoded(s: &str) -> HeaderValue {
-    if s.bytes().all(is_kept) {
-        return HeaderValue::from_str(s).unwrap_or_else(|_| empty());
-    }
-    let mut out = String::with_capacity(s.len() * 3);
-    push_encoded(&mut out, s);
-    // Only `is_kept` bytes and `%XX` are written: always a valid value.
-    HeaderValue::from_str(&out).unwrap_or_else(|_| empty())
-}
-
-fn encoded_list<'a>(items: impl Iterator<Item = &'a str>) -> HeaderValue {
-    let mut out = String::new();
+fn push_encoded_list<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a str>) {
     for (k, item) in items.enumerate() {
         if k > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        push_encoded(&mut out, item);
+        push_encoded(out, item);
     }
-    HeaderValue::from_str(&out).unwrap_or_else(|_| empty())
 }
 
 #[cfg(test)]
@@ -469,7 +458,7 @@ mod tests {
         };
         let a = agent();
         let d = visitor("200.1.2.3".parse().unwrap(), &loc, &a);
-        let values = visitor_headers(&d, VisitorHeaderSet::ALL);
+        let values = header_values(&d);
         let got: Vec<(&str, &str)> = VISITOR_HEADERS
             .iter()
             .zip(&values)
@@ -504,7 +493,7 @@ mod tests {
     fn unknown_visitor_gets_empty_values() {
         let a = Agent::unknown();
         let d = visitor("10.0.0.1".parse().unwrap(), &Location::default(), &a);
-        let values = visitor_headers(&d, VisitorHeaderSet::ALL);
+        let values = header_values(&d);
         let empties = values.iter().flatten().filter(|v| v.is_empty()).count();
         assert_eq!(empties, 10, "{values:?}");
         assert_eq!(values[10].as_ref().unwrap(), "Other");
@@ -525,19 +514,20 @@ mod tests {
         ];
         for (input, want) in cases {
             let v = encoded(input);
-            assert_eq!(v.to_str().unwrap(), *want, "{input:?}");
-            assert_eq!(percent_decode(want), *input);
+            assert_eq!(v, *want, "{input:?}");
+            assert_eq!(percent_decode(&v), *input, "round trip");
         }
-        assert_eq!(
-            encoded_list(["en-GB", "cy GB"].into_iter())
-                .to_str()
-                .unwrap(),
-            "en-GB,cy%20GB"
-        );
-        assert_eq!(encoded_list(std::iter::empty()).to_str().unwrap(), "");
+        let list = |items: &[&str]| {
+            let mut out = Vec::new();
+            push_encoded_list(&mut out, items.iter().copied());
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(list(&["en-GB", "cy GB"]), "en-GB,cy%20GB");
+        assert_eq!(list(&[]), "");
     }
 
-    /// A test-only decoder, to show the encoding round-trips.
+    /// A decoder for the round trip (the query decoder refuses the control
+    /// characters some cases hold).
     fn percent_decode(s: &str) -> String {
         let b = s.as_bytes();
         let mut out = Vec::new();
@@ -552,5 +542,22 @@ mod tests {
             }
         }
         String::from_utf8(out).unwrap()
+    }
+
+    fn encoded(s: &str) -> String {
+        let mut out = Vec::new();
+        push_encoded(&mut out, s);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Every header's value, as an upstream receives it.
+    fn header_values(d: &VisitorData<'_>) -> Vec<Option<http::HeaderValue>> {
+        let mut buf = HeaderBuf::default();
+        let marks = visitor_headers(d, VisitorHeaderSet::ALL, &mut buf);
+        let values = buf.freeze();
+        marks
+            .iter()
+            .map(|m| m.as_ref().map(|m| values.get(m)))
+            .collect()
     }
 }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     // L0: leaves, plain data in and out.
     ("clock", 0),
+    ("header_buf", 0),
     ("json", 0),
     ("country", 0),
     ("agent", 0),
