@@ -51,19 +51,18 @@ use crate::host;
 /// Most forwarding entries examined per request, counted from the right.
 pub const MAX_HOPS: usize = 32;
 
-/// `client_ip.trusted_proxies`: the networks whose forwarding headers are
-/// believed. Addresses are compared in canonical form (IPv4-mapped IPv6
-/// unwrapped), and so are the networks: `::ffff:10.0.0.0/104` is
-/// `10.0.0.0/8`.
+/// A list of IP networks, compared in canonical form: addresses and
+/// networks IPv4-mapped IPv6 unwrapped (`::ffff:10.0.0.0/104` is
+/// `10.0.0.0/8`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct Networks(Vec<IpNet>);
 
-impl TrustedProxies {
-    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> TrustedProxies {
-        TrustedProxies(nets.into_iter().map(canonical_net).collect())
+impl Networks {
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Networks {
+        Networks(nets.into_iter().map(canonical_net).collect())
     }
 
-    /// Whether `ip` (in any form) is inside a trusted network.
+    /// Whether `ip` (in any form) is inside one of the networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))
@@ -72,11 +71,11 @@ impl TrustedProxies {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    pub fn nets(&self) -> &[IpNet] {
-        &self.0
-    }
 }
+
+/// `client_ip.trusted_proxies`: the networks whose forwarding headers are
+/// believed.
+pub type TrustedProxies = Networks;
 
 /// An IPv4-mapped IPv6 network as the IPv4 network it maps.
 pub fn canonical_net(net: IpNet) -> IpNet {
@@ -577,7 +576,7 @@ mod tests {
     #[test]
     fn mapped_networks_are_their_ipv4_networks() {
         let t = nets(&["::ffff:10.0.0.0/104", "2001:db8::/32"]);
-        assert_eq!(t.nets()[0], "10.0.0.0/8".parse::<IpNet>().unwrap());
+        assert_eq!(t, nets(&["10.0.0.0/8", "2001:db8::/32"]));
         assert!(t.contains(ip("10.1.2.3")));
         assert!(t.contains(ip("::ffff:10.1.2.3")));
         assert!(!t.contains(ip("11.0.0.1")));

@@ -13,31 +13,14 @@ use std::path::Path;
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
-use crate::client_ip::canonical_net;
+use crate::client_ip::Networks;
 
 /// The shortest token accepted: anything shorter can be guessed over the
 /// network.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// `metrics.allow`: the networks whose peers may connect. Addresses and
-/// networks are compared in canonical form (IPv4-mapped IPv6 unwrapped).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList(Vec<IpNet>);
-
-impl AllowList {
-    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> AllowList {
-        AllowList(nets.into_iter().map(canonical_net).collect())
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.0.iter().any(|net| net.contains(&ip))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+/// `metrics.allow`: the networks whose peers may connect.
+pub type AllowList = Networks;
 
 /// Why a token file was refused (the config error names file and key).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -615,7 +615,10 @@ addr = "127.0.0.1:9180"
             c.geo.databases,
             vec![PathBuf::from("/etc/visitord/../geo-db/x.mmdb")]
         );
-        assert_eq!(c.client_ip.trusted_proxies.nets().len(), 2);
+        assert_eq!(
+            c.client_ip.trusted_proxies,
+            TrustedProxies::new(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
+        );
         assert_eq!(c.metrics.unwrap().addr.port(), 9180);
         assert_eq!(c.user_agent.regexes, None);
     }
