@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The side-by-side load benchmark (DESIGN §9, docs/performance.md).
+# The side-by-side load benchmark (docs/design.md §9, docs/performance.md).
 #
 # Runs three servers on loopback, each on its own port, with the same
 # certificate and thread count, and loads them in turn with wrk

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The proxy benchmark (DESIGN §9, "Proxying a site"; docs/performance.md):
+# The proxy benchmark (docs/design.md §9, "Proxying a site"; docs/performance.md):
 # what standing in front of a site costs, with every proxy on equal terms.
 #
 # One upstream shared by all: an nginx of its own (1 worker, its own prefix

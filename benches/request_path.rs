@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use visitord::agent::AgentParser;
-use visitord::api;
 use visitord::config::ListenerKind;
-use visitord::geo::GeoDb;
 use visitord::limits::{ClientPrefixes, Limiter};
+use visitord::lookup::agent::AgentParser;
+use visitord::lookup::geo::GeoDb;
 use visitord::origin::{self, Decision, DomainPattern};
-use visitord::route::{self, RequestFacts};
+use visitord::request::api;
+use visitord::request::route::{self, RequestFacts};
 use visitord::snapshot::Snapshot;
 use visitord::visitor::{success_body, visitor};
 
@@ -231,18 +231,19 @@ fn limits(c: &mut Criterion) {
 /// allowed request (atomic additions only), and a refused origin (plus the
 /// project's top-K under its lock).
 fn usage(c: &mut Criterion) {
+    use visitord::observe::usage::Usage;
+    use visitord::observe::verdict::{Refused, Verdict};
     use visitord::origin::DenyReason;
-    use visitord::usage::{Recorded, Usage};
     let usage = Usage::new(["demo", "shop"], None);
     let started = std::time::Instant::now();
     let mut group = c.benchmark_group("usage");
     group.throughput(Throughput::Elements(1));
-    let allowed = Recorded {
-        status: 200,
-        ..Recorded::default()
+    let allowed = Verdict {
+        project: Some(0),
+        refused: None,
     };
     group.bench_function("record_allowed", |b| {
-        b.iter(|| usage.record(black_box(Some(0)), started, black_box(&allowed)))
+        b.iter(|| usage.record(started, black_box(200), black_box(&allowed)))
     });
     let origins: Vec<String> = (0..50)
         .map(|i| format!("https://site{i}.example"))
@@ -251,13 +252,14 @@ fn usage(c: &mut Criterion) {
     group.bench_function("record_refused_origin", |b| {
         b.iter(|| {
             i = (i + 1) % origins.len();
-            let refused = Recorded {
-                status: 403,
-                rejection: Some(DenyReason::NotListed),
-                refused_origin: Some(&origins[i]),
-                ..Recorded::default()
+            let refused = Verdict {
+                project: Some(1),
+                refused: Some(Refused::Origin {
+                    reason: DenyReason::NotListed,
+                    shown: Some(origins[i].as_str().into()),
+                }),
             };
-            usage.record(black_box(Some(1)), started, black_box(&refused))
+            usage.record(started, black_box(403), black_box(&refused))
         })
     });
     group.finish();
@@ -282,7 +284,7 @@ fn load_snapshot() -> BenchConfig {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     let cert = dir.path().join("tls/localhost.crt");
     let key = dir.path().join("tls/localhost.key");
-    visitord::tls::ensure_dev_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    visitord::certs::tls::ensure_dev_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
     let list = databases
         .iter()
         .map(|p| format!("{:?}", p.display().to_string()))

@@ -3,7 +3,7 @@
 //! visitord whose only logic is `upstream_peer`, handing every request to
 //! one fixed plain-HTTP upstream. No headers are added, nothing is looked
 //! up. visitord ÷ this is what visitord's own per-request work on a
-//! `[[site]]` costs (DESIGN §9: CPU per request at most 1.15×).
+//! `[[site]]` costs (docs/design.md §9: CPU per request at most 1.15×).
 //!
 //! Besides `upstream_peer` it only does what visitord does to every
 //! connection, so that both pay the same framework costs:

@@ -1,63 +1,45 @@
 //! visitord: a self-hosted VisitorAPI on Pingora.
 //!
-//! Data flows one way (DESIGN §8, docs/architecture.md): bytes → `Session`
-//! → `RequestFacts` (read once) → `Route` → decision → `Answer` →
-//! `respond`. Modules are layered; each imports only from layers below it
-//! (`tests/architecture.rs` keeps it so):
+//! Data flows one way (docs/design.md §8, docs/architecture.md): bytes →
+//! `Session` → `RequestFacts` (read once) → `Route` → decision → `Answer`
+//! (with its verdict) → `respond`. Concerns are folders; each top-level
+//! module imports only from its own layer without a cycle, or from layers
+//! below it (`tests/architecture.rs` keeps it so):
 //!
-//! - L0 leaves: `clock header_buf json country agent geo limits project_counts metrics host
-//!   origin client_ip proxy_protocol logging systemd request_head usage
-//!   metrics_access reload_history`
+//! - L0 leaves: `clock net lookup limits observe origin`
 //! - L1 `config`: the serde surface and the typed configuration
-//! - L2 values built from configuration and data: `answer visitor query
-//!   tls sites upstream shared_store acme`
-//! - L3 `snapshot`: one immutable world
-//! - L4 decisions and views: `route api site_request dashboard`
-//! - L5 Pingora glue: `proxy accept connection health_checks reload services
-//!   store_sync acme_service`
+//! - L2 values built from configuration and data: `visitor certs sites
+//!   shared_store`
+//! - L3 `snapshot`: one world per request
+//! - L4 decisions and views: `request dashboard`
+//! - L5 Pingora glue: `proxy conn services`
 //! - L6 `server` (and the `visitord` binary)
 //!
-//! Pingora types are named only in L5, L6 and `upstream`.
+//! Pingora types are named only in L5, L6 and `sites::upstream`.
+//!
+//! The library's public surface is what the binary, the integration tests,
+//! the benchmarks, the fuzz targets and the examples use: the pure layers
+//! (L0 to L4 but the dashboard) and `server::run`. The Pingora glue, the
+//! dashboard and the services are crate-private.
 
-pub mod accept;
-pub mod acme;
-pub mod acme_service;
-pub mod agent;
-pub mod answer;
-pub mod api;
-pub mod client_ip;
+#[macro_use]
+mod labels;
+
+pub mod certs;
 pub mod clock;
 pub mod config;
-pub mod connection;
-pub mod country;
-pub mod dashboard;
-pub mod geo;
-pub mod header_buf;
-pub mod health_checks;
-pub mod host;
-pub mod json;
+pub(crate) mod conn;
+pub(crate) mod dashboard;
 pub mod limits;
-pub mod logging;
-pub mod metrics;
-pub mod metrics_access;
+pub mod lookup;
+pub mod net;
+pub mod observe;
 pub mod origin;
-pub mod project_counts;
-pub mod proxy;
-pub mod proxy_protocol;
-pub mod query;
-pub mod reload;
-pub mod reload_history;
-pub mod request_head;
-pub mod route;
+pub(crate) mod proxy;
+pub mod request;
 pub mod server;
-pub mod services;
+pub(crate) mod services;
 pub mod shared_store;
-pub mod site_request;
 pub mod sites;
 pub mod snapshot;
-pub mod store_sync;
-pub mod systemd;
-pub mod tls;
-pub mod upstream;
-pub mod usage;
 pub mod visitor;

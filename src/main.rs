@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use visitord::acme;
+use visitord::certs::acme;
 use visitord::clock;
 use visitord::snapshot::Snapshot;
 
@@ -17,8 +17,9 @@ use visitord::snapshot::Snapshot;
 /// docs/performance.md ("The allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use visitord::tls::{CertSource, LoadedCertificate};
-use visitord::{server, tls};
+use visitord::certs::tls;
+use visitord::certs::tls::{CertSource, LoadedCertificate};
+use visitord::server;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,7 +77,7 @@ enum Command {
 
 fn main() -> ExitCode {
     install_abort_on_panic();
-    visitord::logging::init();
+    visitord::observe::logging::init();
     pingora::tls::install_default_crypto_provider();
 
     let Cli { command } = Cli::parse();

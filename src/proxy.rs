@@ -1,34 +1,33 @@
 //! The Pingora layer: the `ProxyHttp` phases, each a few lines. A request
 //! is read once into `RequestFacts`, routed, and either answered here
 //! (`respond` writes the `Answer` the pure modules return) or handed to the
-//! proxy phases with what `site_request` decided. Metrics are counted once,
-//! in `logging`.
+//! proxy phases with what `request::site` decided. What was decided (the
+//! verdict) is recorded once, in `logging`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::acme;
-use crate::answer::{self, Answer};
-use crate::api;
+use crate::certs::acme;
 use crate::config::ListenerKind;
-use crate::connection;
-use crate::limits::{Exceeded, Limiter};
-use crate::metrics::{RouteLabel, METRICS};
-use crate::origin::DenyReason;
-use crate::route::{self, Method, RequestFacts, Route};
-use crate::site_request::{self, SiteDecision, SiteRequest};
+use crate::conn::connection;
+use crate::limits::Limiter;
+use crate::observe::metrics::RouteLabel;
+use crate::observe::verdict::Verdict;
+use crate::request::answer::{self, Answer};
+use crate::request::api;
+use crate::request::forward;
+use crate::request::route::{self, Method, RequestFacts, Route};
+use crate::request::site::{self, SiteDecision, SiteRequest};
 use crate::snapshot::{Shared, Snapshot};
-use crate::usage::Recorded;
-use crate::visitor::VISITOR_HEADERS;
 
 /// The request handler; one per listener role.
 pub struct Visitord {
@@ -54,21 +53,11 @@ pub struct RequestCtx {
     started: Instant,
     /// `None` until routed (a request Pingora failed before that).
     route: Option<Route>,
-    outcome: Outcome,
+    /// The status sent (0: none), and what was decided.
+    status: u16,
+    verdict: Verdict,
     /// Set when the request is proxied to a site.
     site: Option<SiteCtx>,
-}
-
-/// What an answer reports to the metrics and the usage recorder.
-#[derive(Debug, Default)]
-struct Outcome {
-    status: u16,
-    /// Index in the snapshot's project list.
-    project: Option<usize>,
-    rejection: Option<DenyReason>,
-    limited: Option<Exceeded>,
-    /// Set only when a known project refused an origin.
-    refused_origin: Option<Box<str>>,
 }
 
 /// A site request on its way to an upstream.
@@ -92,7 +81,8 @@ impl ProxyHttp for Visitord {
             snap: self.shared.load_full(),
             started: Instant::now(),
             route: None,
-            outcome: Outcome::default(),
+            status: 0,
+            verdict: Verdict::default(),
             site: None,
         }
     }
@@ -118,22 +108,20 @@ impl ProxyHttp for Visitord {
             Route::AcmeChallenge => acme_challenge(snap, facts.path).await,
             Route::Api => api::answer(snap, &facts, &self.limiter),
             Route::NotFound => answer::not_found(),
-            Route::InvalidHost => answer::error(400, "invalid Host header"),
+            Route::InvalidHost => answer::invalid_host("invalid Host header"),
             Route::HeadTooLarge => answer::head_too_large(),
-            Route::Site(i) | Route::SiteApi(i) => {
-                let same_origin = matches!(route, Route::SiteApi(_));
-                match site_request::decide(snap, &facts, i, same_origin, &self.limiter) {
-                    SiteDecision::Answer(answer) => answer,
-                    SiteDecision::Proxy(request) => {
-                        ctx.site = Some(SiteCtx {
-                            request,
-                            upstream: None,
-                            attempts: 0,
-                        });
-                        return Ok(false);
-                    }
+            Route::SiteApi(i) => api::same_origin(snap, &facts, i, &self.limiter),
+            Route::Site(i) => match site::decide(snap, &facts, i) {
+                SiteDecision::Answer(answer) => answer,
+                SiteDecision::Proxy(request) => {
+                    ctx.site = Some(SiteCtx {
+                        request,
+                        upstream: None,
+                        attempts: 0,
+                    });
+                    return Ok(false);
                 }
-            }
+            },
         };
         respond(s, ctx, answer, head, self.role).await?;
         Ok(true)
@@ -168,35 +156,18 @@ impl ProxyHttp for Visitord {
             return Ok(());
         };
         // Exactly one value of each header visitord sets reaches the
-        // upstream: ours (`site_request::passes_to_upstream`).
-        let refused: Vec<HeaderName> = up
+        // upstream: ours (`forward`).
+        let stripped: Vec<HeaderName> = up
             .headers
             .keys()
-            .filter(|n| {
-                !site_request::passes_to_upstream(
-                    n.as_str(),
-                    r.peer_trusted,
-                    r.pass_underscore_headers,
-                )
-            })
+            .filter(|n| forward::strips(n.as_str(), r))
             .cloned()
             .collect();
-        for name in &refused {
+        for name in &stripped {
             up.remove_header(name);
         }
-        for (name, value) in VISITOR_HEADERS.iter().zip(&r.visitor) {
-            if let Some(value) = value {
-                // As `&'static str`, Pingora keeps the name's case without
-                // copying it (a `&HeaderName` is copied per request).
-                up.insert_header(name.as_str(), value.clone())?;
-            }
-        }
-        up.insert_header("x-forwarded-for", r.forwarded_for.clone())?;
-        up.insert_header("x-real-ip", r.real_ip.clone())?;
-        up.insert_header("x-forwarded-proto", HeaderValue::from_static("https"))?;
-        // A client's own X-Forwarded-Host went with the refused headers.
-        if let Some(h) = &r.forwarded_host {
-            up.insert_header("x-forwarded-host", h.clone())?;
+        for (name, value) in forward::set_headers(r) {
+            up.insert_header(name, value.clone())?;
         }
         Ok(())
     }
@@ -207,7 +178,7 @@ impl ProxyHttp for Visitord {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.outcome.status = upstream_response.status.as_u16();
+        ctx.status = upstream_response.status.as_u16();
         Ok(())
     }
 
@@ -297,42 +268,29 @@ impl ProxyHttp for Visitord {
     }
 
     async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let snap = &ctx.snap;
-        let o = &ctx.outcome;
-        if let Some(reason) = o.rejection {
-            METRICS
-                .origin_rejections
-                .with_label_values(&[reason.as_label()])
-                .inc();
-        }
-        if let Some(exceeded) = o.limited {
-            METRICS
-                .rate_limited
-                .with_label_values(&[exceeded.as_label()])
-                .inc();
-        }
-        let project = o
-            .project
-            .and_then(|i| Some((i, snap.projects.at(i)?.id.as_str())));
-        let route = ctx.route.map_or(RouteLabel::Unknown, Route::label);
-        let seconds = ctx.started.elapsed().as_secs_f64();
-        snap.request_metrics
-            .observe(route, o.status, project, seconds);
-        match ctx.route {
-            Some(Route::Api) => snap.usage.record(
-                o.project,
-                ctx.started,
-                &Recorded {
-                    status: o.status,
-                    rejection: o.rejection,
-                    limited: o.limited,
-                    refused_origin: o.refused_origin.as_deref(),
-                },
-            ),
-            Some(Route::Site(i)) => snap.site_metrics.observe(i, o.status),
-            _ => {}
-        }
+        record(ctx);
         connection::finish_request(&mut s.downstream_session);
+    }
+}
+
+/// Records a finished request once: its verdict, its route and status, its
+/// project's usage (API requests) or its site's count.
+fn record(ctx: &RequestCtx) {
+    let snap = &ctx.snap;
+    let v = &ctx.verdict;
+    v.count();
+    let project = v
+        .project
+        .and_then(|i| Some((i, snap.projects.at(i)?.id.as_str())));
+    let route = ctx.route.map_or(RouteLabel::Unknown, Route::label);
+    let seconds = ctx.started.elapsed().as_secs_f64();
+    snap.recorders
+        .requests
+        .observe(route, ctx.status, project, seconds);
+    match ctx.route {
+        Some(Route::Api) => snap.recorders.usage.record(ctx.started, ctx.status, v),
+        Some(Route::Site(i)) => snap.recorders.sites.observe(i, ctx.status),
+        _ => {}
     }
 }
 
@@ -426,10 +384,11 @@ fn keep_alive(s: &mut Session, snap: &Snapshot) {
     }
 }
 
-/// Writes an answer with the headers every answer carries. Values are
-/// `HeaderValue`s made once (static, or at config load for HSTS), and the
-/// header has no case map: its names are the `http` crate's constants,
-/// which Pingora writes in the same case either way.
+/// Writes an answer with the headers every answer carries
+/// (`Answer::all_headers`). Values are `HeaderValue`s made once (static, or
+/// at config load for HSTS), and the header has no case map: its names are
+/// the `http` crate's constants, which Pingora writes in the same case
+/// either way.
 async fn respond(
     s: &mut Session,
     ctx: &mut RequestCtx,
@@ -437,38 +396,19 @@ async fn respond(
     head: bool,
     role: ListenerKind,
 ) -> Result<()> {
+    let hsts = match role {
+        ListenerKind::Tls => ctx.snap.config.tls.as_ref().and_then(|t| t.hsts.as_ref()),
+        ListenerKind::Redirect { .. } => None,
+    };
     let mut h = ResponseHeader::build_no_case(answer.status, Some(answer.headers.len() + 6))?;
-    h.insert_header(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(answer.content_type),
-    )?;
-    h.insert_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
-    h.insert_header(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    )?;
-    if role == ListenerKind::Tls {
-        if let Some(hsts) = ctx.snap.config.tls.as_ref().and_then(|t| t.hsts.as_ref()) {
-            h.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
-        }
-    }
-    for (name, value) in answer.headers {
+    for (name, value) in answer.all_headers(hsts) {
         h.append_header(name, value)?;
-    }
-    // RFC 9110 §8.6: no Content-Length on 204.
-    if answer.status != 204 {
-        h.insert_header(header::CONTENT_LENGTH, HeaderValue::from(answer.body.len()))?;
     }
     if answer.close {
         s.set_keepalive(None);
     }
-    ctx.outcome = Outcome {
-        status: answer.status,
-        project: answer.project,
-        rejection: answer.rejection,
-        limited: answer.limited,
-        refused_origin: answer.refused_origin,
-    };
+    ctx.status = answer.status;
+    ctx.verdict = answer.verdict;
     let no_body = answer.body.is_empty() || head;
     s.write_response_header(Box::new(h), no_body).await?;
     if !no_body {

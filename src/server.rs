@@ -15,17 +15,18 @@ use pingora::server::{ExecutionPhase, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::accept::AcceptGate;
-use crate::acme_service::AcmeService;
 use crate::config::{Config, ListenerKind};
-use crate::connection::{open_connections, Guarded};
-use crate::health_checks::HealthChecks;
-use crate::limits::{self, Limiter};
+use crate::conn::accept::AcceptGate;
+use crate::conn::connection::Guarded;
+use crate::conn::registry::{self, Registry};
+use crate::limits::Limiter;
+use crate::observe::reload_history::{ReloadHistory, ReloadRecord};
 use crate::proxy::Visitord;
-use crate::reload_history::{ReloadHistory, ReloadRecord};
+use crate::services::acme::AcmeService;
+use crate::services::health_checks::HealthChecks;
+use crate::services::store_sync::StoreSync;
 use crate::services::{CertResolver, MetricsApp};
 use crate::snapshot::{Shared, Snapshot};
-use crate::store_sync::StoreSync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -38,11 +39,11 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Reload(#[from] crate::reload::ReloadError),
+    Reload(#[from] crate::services::reload::ReloadError),
     #[error("TLS listener setup: {0}")]
     Tls(String),
     #[error("acme.state_dir: {0}")]
-    AcmeState(#[from] crate::acme::store::StoreError),
+    AcmeState(#[from] crate::certs::acme::store::StoreError),
 }
 
 /// Every address we will listen on, with the config key that names it.
@@ -79,7 +80,7 @@ pub fn check_listeners(config: &Config) -> Result<(), ServerError> {
 pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     let config = snapshot.config.clone();
     check_listeners(&config)?;
-    snapshot.publish_metrics();
+    crate::snapshot::publish::publish_metrics(&snapshot);
     let started = SystemTime::now();
     let history = Arc::new(ReloadHistory::new());
     history.push(ReloadRecord {
@@ -90,6 +91,73 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     });
     let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
 
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    server.bootstrap();
+    // One set of counters for every listener and every snapshot.
+    let parts = Parts {
+        shared: shared.clone(),
+        limiter: Arc::new(Limiter::new()),
+        registry: Arc::new(Registry::new(default_max_connections(&config))),
+        conf: server.configuration.clone(),
+        config: &config,
+    };
+    add_https_services(&mut server, &parts)?;
+    add_redirect_services(&mut server, &parts);
+    if let Some(m) = &config.metrics {
+        let app = MetricsApp::new(shared.clone(), history.clone(), started, m.addr);
+        let mut service = Service::new("visitord metrics".to_owned(), app);
+        service.threads = Some(1);
+        service.add_tcp(&m.addr.to_string());
+        server.add_service(service);
+    }
+    add_background_services(&mut server, &parts);
+
+    // The state folders exist before the watcher looks for them.
+    crate::services::acme::prepare(&shared)?;
+    crate::services::reload::spawn(config.file.clone(), shared.clone(), history)?;
+
+    let serving = format!(
+        "serving generation {} on {} listener(s)",
+        shared.load().generation,
+        config.listeners.len()
+    );
+    log::info!("visitord {} {serving}", env!("CARGO_PKG_VERSION"));
+    crate::services::systemd::notify_ready_when_listening(
+        listen_addresses(&config)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect(),
+        serving,
+    );
+    exit_when_drained(server.watch_execution_phase(), parts.registry.clone());
+    server.run(pingora::server::RunArgs::default());
+    Ok(())
+}
+
+/// What the services share: the snapshot holder, the counters (one set for
+/// every listener and snapshot), and the configuration they start with.
+struct Parts<'a> {
+    shared: Shared,
+    limiter: Arc<Limiter>,
+    registry: Arc<Registry>,
+    conf: Arc<ServerConf>,
+    config: &'a Config,
+}
+
+impl Parts<'_> {
+    /// The HTTP application of a listener role: the proxy, behind the
+    /// connection guard.
+    fn handler(&self, role: ListenerKind) -> Guarded<HttpProxy<Visitord>> {
+        let app = Visitord::new(self.shared.clone(), role, self.limiter.clone());
+        let mut proxy = http_proxy(&self.conf, app);
+        proxy.server_options = Some(server_options(self.config));
+        let tls = role == ListenerKind::Tls;
+        Guarded::new(proxy, self.shared.clone(), self.registry.clone(), tls)
+    }
+}
+
+/// Pingora's settings from `[server]`.
+fn server_conf(config: &Config) -> ServerConf {
     let mut conf = ServerConf {
         threads: config.server.threads,
         work_stealing: true,
@@ -101,14 +169,14 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     let grace = config.server.grace_period.as_secs();
     conf.grace_period_seconds = Some(grace.saturating_sub(1));
     conf.graceful_shutdown_timeout_seconds = Some(grace.min(1));
+    conf
+}
 
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let conf = server.configuration.clone();
-    // One set of counters for every listener and every snapshot.
+/// The server cap while `limits.max_connections` is not set, from the
+/// open-file limit (raised first), and the log line that says which applies.
+fn default_max_connections(config: &Config) -> u32 {
     let open_files = raise_open_file_limit();
-    let default_max = limits::max_connections_for(open_files);
-    let limiter = Arc::new(Limiter::new().with_default_max_connections(default_max));
+    let default_max = registry::max_connections_for(open_files);
     log::info!(
         "open-file limit {open_files}: limits.max_connections {}",
         config
@@ -116,17 +184,17 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
             .max_connections
             .map_or(format!("{default_max} (default)"), |n| n.to_string())
     );
-    let handler = |role: ListenerKind| -> Guarded<HttpProxy<Visitord>> {
-        let mut proxy = http_proxy(&conf, Visitord::new(shared.clone(), role, limiter.clone()));
-        proxy.server_options = Some(server_options(&config));
-        Guarded::new(proxy, shared.clone(), limiter.clone())
-    };
+    default_max
+}
 
-    // Pingora's pre-TLS hook is per service (`Listeners`), so listeners
-    // that take the PROXY protocol get a service of their own; every TLS
-    // service has the accept gate (connection caps, handshake deadline).
+/// The TLS listeners. Pingora's pre-TLS hook is per service (`Listeners`),
+/// so listeners that take the PROXY protocol get a service of their own;
+/// every TLS service has the accept gate (connection caps, handshake
+/// deadline).
+fn add_https_services(server: &mut Server, parts: &Parts<'_>) -> Result<(), ServerError> {
     for proxy_protocol in [false, true] {
-        let tls_addrs: Vec<SocketAddr> = config
+        let tls_addrs: Vec<SocketAddr> = parts
+            .config
             .listeners
             .iter()
             .filter(|l| l.kind == ListenerKind::Tls && l.proxy_protocol == proxy_protocol)
@@ -140,76 +208,49 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         } else {
             "visitord https"
         };
-        let mut service = Service::new(name.to_owned(), handler(ListenerKind::Tls));
-        service
-            .endpoints()
-            .set_pre_tls_callback(Arc::new(AcceptGate::new(
-                shared.clone(),
-                limiter.clone(),
-                proxy_protocol,
-            )));
+        let mut service = Service::new(name.to_owned(), parts.handler(ListenerKind::Tls));
+        let gate = AcceptGate::new(parts.shared.clone(), parts.registry.clone(), proxy_protocol);
+        service.endpoints().set_pre_tls_callback(Arc::new(gate));
         for addr in &tls_addrs {
             let mut tls =
                 TlsSettings::intermediate("", "").map_err(|e| ServerError::Tls(e.to_string()))?;
-            tls.set_cert_resolver(Arc::new(CertResolver::new(shared.clone())));
+            tls.set_cert_resolver(Arc::new(CertResolver::new(parts.shared.clone())));
             tls.enable_h2();
             service.add_tls_with_settings(&addr.to_string(), None, tls);
         }
         server.add_service(service);
     }
+    Ok(())
+}
 
-    for l in &config.listeners {
+/// The plain-HTTP listeners that redirect to HTTPS.
+fn add_redirect_services(server: &mut Server, parts: &Parts<'_>) {
+    for l in &parts.config.listeners {
         if let ListenerKind::Redirect { .. } = l.kind {
-            let mut service = Service::new("visitord http redirect".to_owned(), handler(l.kind));
+            let name = "visitord http redirect".to_owned();
+            let mut service = Service::new(name, parts.handler(l.kind));
             service.threads = Some(1);
             service.add_tcp(&l.addr.to_string());
             server.add_service(service);
         }
     }
+}
 
-    if let Some(m) = &config.metrics {
-        let app = MetricsApp::new(shared.clone(), history.clone(), started, m.addr);
-        let mut service = Service::new("visitord metrics".to_owned(), app);
-        service.threads = Some(1);
-        service.add_tcp(&m.addr.to_string());
-        server.add_service(service);
-    }
-
+/// Health checks, the shared-store sync and ACME, beside the listeners.
+fn add_background_services(server: &mut Server, parts: &Parts<'_>) {
     server.add_service(background_service(
         "visitord upstream health checks",
-        HealthChecks::new(shared.clone()),
+        HealthChecks::new(parts.shared.clone()),
     ));
     server.add_service(background_service(
         "visitord shared store",
-        StoreSync::new(shared.clone(), limiter.clone()),
+        StoreSync::new(parts.shared.clone(), parts.limiter.clone()),
     ));
-
     // Always there: an [acme] section added by a reload starts working.
     server.add_service(background_service(
         "visitord acme",
-        AcmeService::new(shared.clone()),
+        AcmeService::new(parts.shared.clone()),
     ));
-
-    // The state folders exist before the watcher looks for them.
-    crate::acme_service::prepare(&shared)?;
-    crate::reload::spawn(config.file.clone(), shared.clone(), history)?;
-
-    let serving = format!(
-        "serving generation {} on {} listener(s)",
-        shared.load().generation,
-        config.listeners.len()
-    );
-    log::info!("visitord {} {serving}", env!("CARGO_PKG_VERSION"));
-    crate::systemd::notify_ready_when_listening(
-        listen_addresses(&config)
-            .into_iter()
-            .map(|(_, a)| a)
-            .collect(),
-        serving,
-    );
-    exit_when_drained(server.watch_execution_phase());
-    server.run(pingora::server::RunArgs::default());
-    Ok(())
 }
 
 /// How long no connection may be open, after SIGTERM, before the drain is
@@ -222,7 +263,10 @@ const DRAIN_SETTLE: Duration = Duration::from_secs(1);
 /// grace period whether or not anything is left. This ends the process as
 /// soon as every connection has closed (and stayed so for
 /// [`DRAIN_SETTLE`]), as nginx does; the grace period stays the upper bound.
-fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) {
+fn exit_when_drained(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    registry: Arc<Registry>,
+) {
     use tokio::sync::broadcast::error::RecvError;
     let spawned = std::thread::Builder::new()
         .name("visitord-drain".into())
@@ -235,7 +279,7 @@ fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase
                 }
             }
             let mut drain = Drain::default();
-            while !drain.done(open_connections(), Instant::now()) {
+            while !drain.done(registry.serving(), Instant::now()) {
                 std::thread::sleep(Duration::from_millis(50));
             }
             log::info!("graceful shutdown: every connection has closed; exiting");

@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, TlsCertificates};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
+use crate::certs::ca::read_ca;
 use crate::config::{ConfigError, SharedStore, StoreUrl};
-use crate::project_counts::{Pending, Window, WINDOW};
+use crate::limits::project_counts::{Pending, Window, WINDOW};
 
 /// Every key visitord writes starts with this.
 pub const KEY_PREFIX: &str = "visitord:rate:";
@@ -72,7 +71,7 @@ impl StoreSettings {
             None => None,
         };
         let ca = match &config.ca {
-            Some(path) => Some(read_ca(path).map_err(|reason| {
+            Some(path) => Some(read_ca(path).map(|ca| ca.pem).map_err(|reason| {
                 ConfigError::invalid(
                     file,
                     "limits.shared_store_ca",
@@ -150,24 +149,6 @@ fn read_password(path: &Path) -> Result<String, String> {
         return Err("more than one line".to_owned());
     }
     Ok(password.to_owned())
-}
-
-/// The PEM file, checked to hold certificates usable as trust anchors.
-fn read_ca(path: &Path) -> Result<Vec<u8>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not PEM certificates: {e}"))?;
-    if certs.is_empty() {
-        return Err("no CERTIFICATE block".into());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for (k, c) in certs.into_iter().enumerate() {
-        roots
-            .add(c)
-            .map_err(|e| format!("certificate {k}: not usable as a CA: {e}"))?;
-    }
-    Ok(pem)
 }
 
 /// A connection to the store.

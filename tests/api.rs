@@ -1,4 +1,4 @@
-//! The API end to end (DESIGN §3): the real binary over TLS on loopback.
+//! The API end to end (docs/design.md §3): the real binary over TLS on loopback.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -390,7 +390,7 @@ fn http2_is_negotiated() {
     assert_eq!(r.status, 200);
 }
 
-/// DESIGN's acceptance case, on the database that ships in `geo-db/`.
+/// The acceptance case of docs/design.md §3, on the database that ships in `geo-db/`.
 #[test]
 fn shipped_database_answers_us_for_8_8_8_8() {
     let db = concat!(env!("CARGO_MANIFEST_DIR"), "/geo-db/iptoasn-country.mmdb");

@@ -1,4 +1,4 @@
-//! Live reload, metrics and lifecycle (DESIGN §6, §7) with the real binary.
+//! Live reload, metrics and lifecycle (docs/design.md §6, §7) with the real binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

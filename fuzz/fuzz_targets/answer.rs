@@ -28,7 +28,7 @@ use visitord::geo::Location;
 use visitord::host::parse_authority;
 use visitord::visitor::{success_body, visitor};
 
-/// Every key of `data`, in order (DESIGN §3).
+/// Every key of `data`, in order (docs/design.md §3).
 const KEYS: [&str; 22] = [
     "ipAddress",
     "countryCode",

@@ -1,4 +1,4 @@
-//! `[acme]` (DESIGN §4): automatic certificates, validated. Which names are
+//! `[acme]` (docs/design.md §4): automatic certificates, validated. Which names are
 //! asked for is settled here (the `domains` written, or every exact host of
 //! every `[[site]]`); which of them a `[tls]` file pair already covers is
 //! known only once the pairs are read, so the snapshot decides that
@@ -12,7 +12,7 @@ use base64::Engine as _;
 
 use super::raw::{ConfigError, RawAcme};
 use super::{Listener, ListenerKind, SiteConfig};
-use crate::host::{self, HostKind, Unicode};
+use crate::net::host::{self, HostKind, Unicode};
 use crate::origin::DomainPattern;
 
 /// The longest `renew_before` accepted: public certificates live 90 days

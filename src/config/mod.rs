@@ -1,4 +1,4 @@
-//! Configuration (DESIGN §4): the typed, validated `Config` the rest of the
+//! Configuration (docs/design.md §4): the typed, validated `Config` the rest of the
 //! program runs on, made from the TOML surface in `raw`. `projects.toml` is
 //! `projects`, `[[site]]` tables are `site`.
 //!
@@ -24,14 +24,12 @@ pub use acme::{acme_name, Acme, Challenge, ExternalAccount};
 pub use api_path::ApiPath;
 pub use projects::{is_valid_project_id, Project, ProjectId, Projects, MAX_PROJECT_ID_LEN};
 pub use raw::{ConfigError, UnknownCountry};
-pub use site::{
-    CountryRule, SiteConfig, Timeouts, UpstreamAddr, VisitorHeaderSet, VISITOR_HEADER_KEYS,
-};
+pub use site::{CountryRule, SiteConfig, Timeouts, UpstreamAddr, VisitorHeader, VisitorHeaderSet};
 pub use store_url::StoreUrl;
 
-use crate::client_ip::TrustedProxies;
 use crate::limits::ClientPrefixes;
-use crate::metrics_access::{is_loopback, AllowList};
+use crate::net::client_ip::TrustedProxies;
+use crate::observe::metrics_access::{is_loopback, AllowList};
 use raw::{parse_toml, read, RawConfig, RawLimits, RawListen, RawMetrics, RawTls};
 
 /// `visitord.toml`, validated, with every path resolved from the file's folder.

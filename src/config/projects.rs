@@ -1,4 +1,4 @@
-//! `projects.toml` (DESIGN §4): the projects that may call the API, each
+//! `projects.toml` (docs/design.md §4): the projects that may call the API, each
 //! with the domains allowed to call it and an optional request limit.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::path::Path;
 use super::raw::{parse_toml, read, ConfigError, RawProjects};
 use crate::origin::DomainPattern;
 
-/// Longest accepted project id (DESIGN §4: `[A-Za-z0-9_-]{1,64}`).
+/// Longest accepted project id (docs/design.md §4: `[A-Za-z0-9_-]{1,64}`).
 pub const MAX_PROJECT_ID_LEN: usize = 64;
 
 /// A project id: `[A-Za-z0-9_-]{1,64}`.
@@ -16,7 +16,7 @@ pub const MAX_PROJECT_ID_LEN: usize = 64;
 pub struct ProjectId(String);
 
 impl ProjectId {
-    /// Accepts exactly the ids DESIGN §4 allows.
+    /// Accepts exactly the ids docs/design.md §4 allows.
     pub fn parse(s: &str) -> Option<ProjectId> {
         is_valid_project_id(s).then(|| ProjectId(s.to_owned()))
     }

@@ -1,6 +1,6 @@
 //! The TOML surface of the configuration files: what serde reads
 //! (`Raw*`, with the defaults of every key), and reading a file into it
-//! with errors that name the file, the key and the reason (DESIGN §4).
+//! with errors that name the file, the key and the reason (docs/design.md §4).
 //! Nothing here is used at run time; `config` turns these into the typed
 //! values the rest of the program runs on.
 

@@ -1,4 +1,4 @@
-//! `[[site]]` tables (DESIGN §4): the sites visitord stands in front of,
+//! `[[site]]` tables (docs/design.md §4): the sites visitord stands in front of,
 //! validated. Names are not resolved and files not read here; the runtime
 //! table (`sites::Sites`) is built from these when a snapshot is.
 
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::api_path::ApiPath;
 use super::raw::{ConfigError, RawSite, UnknownCountry};
-use crate::country;
-use crate::host::{self, HostError, HostKind, Unicode};
+use crate::lookup::country;
+use crate::net::host::{self, HostError, HostKind, Unicode};
 use crate::origin::DomainPattern;
 
 /// Longest timeout accepted; anything longer is a typo or a unit mix-up.
@@ -62,46 +62,70 @@ impl CountryRule {
     }
 }
 
-/// The `X-Visitor-*` headers, by the names `visitor_headers` lists them
-/// with, in the order `visitor::VISITOR_HEADERS` sends them.
-pub const VISITOR_HEADER_KEYS: [&str; 11] = [
-    "country",
-    "region",
-    "city",
-    "lat-long",
-    "timezone",
-    "continent",
-    "currencies",
-    "languages",
-    "browser",
-    "os",
-    "device",
-];
+label_enum! {
+    /// The `X-Visitor-*` headers, in the order they are sent; each label is
+    /// the name `visitor_headers` lists the header by (`x-visitor-` + label
+    /// is the header). Adding one is a line here and its value in
+    /// `visitor::visitor_headers`.
+    pub enum VisitorHeader {
+        Country => "country",
+        Region => "region",
+        City => "city",
+        LatLong => "lat-long",
+        Timezone => "timezone",
+        Continent => "continent",
+        Currencies => "currencies",
+        Languages => "languages",
+        Browser => "browser",
+        Os => "os",
+        Device => "device",
+    }
+}
 
-/// The first of [`VISITOR_HEADER_KEYS`] taken from the user agent; those
-/// before it come from the geo databases and the country data.
-const FIRST_AGENT_HEADER: usize = 8;
+impl VisitorHeader {
+    /// Whether the value comes from the user agent (the others come from
+    /// the geo databases and the country data).
+    pub const fn from_agent(self) -> bool {
+        matches!(
+            self,
+            VisitorHeader::Browser | VisitorHeader::Os | VisitorHeader::Device
+        )
+    }
+}
 
-/// Which `X-Visitor-*` headers a site receives: a set over
-/// [`VISITOR_HEADER_KEYS`] indexes.
+/// The headers taken from the user agent, as set bits.
+const AGENT_HEADERS: u16 = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < VisitorHeader::COUNT {
+        if VisitorHeader::ALL[i].from_agent() {
+            bits |= 1 << i;
+        }
+        i += 1;
+    }
+    bits
+};
+
+/// Which `X-Visitor-*` headers a site receives: a set of
+/// [`VisitorHeader`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VisitorHeaderSet(u16);
 
 impl VisitorHeaderSet {
-    pub const ALL: VisitorHeaderSet = VisitorHeaderSet((1 << VISITOR_HEADER_KEYS.len()) - 1);
+    pub const ALL: VisitorHeaderSet = VisitorHeaderSet((1 << VisitorHeader::COUNT) - 1);
 
-    pub fn contains(self, index: usize) -> bool {
-        index < VISITOR_HEADER_KEYS.len() && self.0 & (1 << index) != 0
+    pub fn contains(self, header: VisitorHeader) -> bool {
+        self.0 & (1 << header.slot()) != 0
     }
 
     /// Whether a header from the geo databases or country data is wanted.
     pub fn needs_location(self) -> bool {
-        self.0 & ((1 << FIRST_AGENT_HEADER) - 1) != 0
+        self.0 & !AGENT_HEADERS != 0
     }
 
     /// Whether a header from the user agent is wanted.
     pub fn needs_agent(self) -> bool {
-        self.0 >> FIRST_AGENT_HEADER != 0
+        self.0 & AGENT_HEADERS != 0
     }
 
     /// The set of these names, or the first one that is not a header.
@@ -110,8 +134,8 @@ impl VisitorHeaderSet {
         for (k, name) in names.iter().enumerate() {
             let lower = name.to_ascii_lowercase();
             let key = lower.strip_prefix("x-visitor-").unwrap_or(&lower);
-            match VISITOR_HEADER_KEYS.iter().position(|h| *h == key) {
-                Some(i) => bits |= 1 << i,
+            match VisitorHeader::ALL.iter().find(|h| h.as_label() == key) {
+                Some(h) => bits |= 1 << h.slot(),
                 None => return Err((k, name.clone())),
             }
         }
@@ -384,7 +408,11 @@ fn parse_site(
                     &format!("visitor_headers[{k}]"),
                     format!(
                         "{name:?}: not a visitor header (one of {})",
-                        VISITOR_HEADER_KEYS.join(", ")
+                        VisitorHeader::ALL
+                            .iter()
+                            .map(|h| h.as_label())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )
             })?,
@@ -615,9 +643,10 @@ unknown_country = "deny"
         ))
         .unwrap()
         .visitor_headers;
-        let chosen: Vec<&str> = (0..11)
-            .filter(|&i| some.contains(i))
-            .map(|i| VISITOR_HEADER_KEYS[i])
+        let chosen: Vec<&str> = VisitorHeader::ALL
+            .iter()
+            .filter(|&&h| some.contains(h))
+            .map(|h| h.as_label())
             .collect();
         assert_eq!(chosen, ["country", "browser"]);
         let geo = parse_one(&format!("{MINIMAL}visitor_headers = [\"city\"]"))

@@ -1,4 +1,4 @@
-//! The dashboard of the metrics listener (DESIGN §7): what the operator
+//! The dashboard of the metrics listener (docs/design.md §7): what the operator
 //! looks at — per-project usage, refusals and the most refused origins,
 //! databases, certificates, sites and upstream health, recent reloads.
 //!
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::clock;
-use crate::reload_history::ReloadRecord;
+use crate::observe::reload_history::ReloadRecord;
+use crate::observe::usage::UsageReport;
 use crate::snapshot::Snapshot;
-use crate::usage::UsageReport;
 
 pub use page::{render, CONTENT_SECURITY_POLICY};
 
@@ -126,6 +126,7 @@ impl Status {
                 .as_secs(),
             snapshot_loaded_at: timestamp(snap.loaded_at),
             projects: snap
+                .recorders
                 .usage
                 .projects(clock.instant)
                 .into_iter()
@@ -134,7 +135,7 @@ impl Status {
                     usage,
                 })
                 .collect(),
-            no_project: snap.usage.unattributed(clock.instant),
+            no_project: snap.recorders.usage.unattributed(clock.instant),
             databases: snap
                 .geo
                 .databases()
@@ -206,32 +207,27 @@ fn timestamp(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reload_history::ReloadRecord;
-    use crate::route::tests::snapshot;
-    use crate::usage::Recorded;
+    use crate::observe::reload_history::ReloadRecord;
+    use crate::observe::verdict::{Refused, Verdict};
+    use crate::request::route::tests::snapshot;
 
     pub(super) fn status() -> Status {
         let snap = snapshot(
             "[[site]]\nhosts = [\"shop.example.com\", \"*.shop.example.com\"]\nupstreams = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
         );
         let at = Instant::now();
-        snap.usage.record(
-            Some(0),
+        let demo = |refused| Verdict {
+            project: Some(0),
+            refused,
+        };
+        snap.recorders.usage.record(at, 200, &demo(None));
+        snap.recorders.usage.record(
             at,
-            &Recorded {
-                status: 200,
-                ..Recorded::default()
-            },
-        );
-        snap.usage.record(
-            Some(0),
-            at,
-            &Recorded {
-                status: 403,
-                rejection: Some(crate::origin::DenyReason::NotListed),
-                refused_origin: Some("https://<b>evil</b>.example"),
-                ..Recorded::default()
-            },
+            403,
+            &demo(Some(Refused::Origin {
+                reason: crate::origin::DenyReason::NotListed,
+                shown: Some("https://<b>evil</b>.example".into()),
+            })),
         );
         snap.sites.get(0).unwrap().upstreams[1].health.set(false);
         // Five days after the shipped database was built.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::chart;
 use super::{CertificateStatus, ProjectStatus, Status};
-use crate::usage::UsageReport;
+use crate::observe::usage::UsageReport;
 
 /// The page's only style; its hash is in [`CONTENT_SECURITY_POLICY`] (a
 /// unit test keeps the two in step).

@@ -1,4 +1,4 @@
-//! The caller's origin and the per-project origin policy (DESIGN §3, "Origin
+//! The caller's origin and the per-project origin policy (docs/design.md §3, "Origin
 //! policy and CORS").
 //!
 //! Hosts are normalised once, at parse time, into the form a browser puts on
@@ -36,7 +36,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::host::{self, Host, HostError, HostKind, Unicode};
+use crate::net::host::{self, Host, HostError, HostKind, Unicode};
 
 pub use self::allowed::AllowedOrigins;
 pub use self::pattern::{DomainError, DomainPattern};
@@ -311,38 +311,26 @@ pub enum Decision {
     Deny(DenyReason),
 }
 
-/// Why a request was refused with 403. Every variant gets the same answer
-/// body and status; the reason is for metrics and debugging only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DenyReason {
-    /// Neither `Origin` nor `Referer` was sent.
-    NoOrigin,
-    /// `Origin: null`: a sandboxed frame, a `file:` page or a cross-origin
-    /// redirect. Its own label because it is a common, fixable surprise for
-    /// site owners and unlike `malformed` is not an attack signal.
-    NullOrigin,
-    /// The header was there but is not an http(s) origin.
-    Malformed,
-    /// A listed non-loopback host over plain http.
-    InsecureScheme,
-    /// The host is not in the project's domains.
-    NotListed,
-    /// The `pid` names no project. Decided by the caller; it answers the
-    /// same 403 as `NotListed` so projects cannot be enumerated.
-    UnknownProject,
-}
-
-impl DenyReason {
-    /// A bounded Prometheus label value.
-    pub fn as_label(&self) -> &'static str {
-        match self {
-            DenyReason::NoOrigin => "no_origin",
-            DenyReason::NullOrigin => "null_origin",
-            DenyReason::Malformed => "malformed",
-            DenyReason::InsecureScheme => "insecure_scheme",
-            DenyReason::NotListed => "not_listed",
-            DenyReason::UnknownProject => "unknown_project",
-        }
+label_enum! {
+    /// Why a request was refused with 403. Every variant gets the same
+    /// answer body and status; the reason is for metrics and debugging only.
+    pub enum DenyReason {
+        /// Neither `Origin` nor `Referer` was sent.
+        NoOrigin => "no_origin",
+        /// `Origin: null`: a sandboxed frame, a `file:` page or a
+        /// cross-origin redirect. Its own label because it is a common,
+        /// fixable surprise for site owners and unlike `malformed` is not an
+        /// attack signal.
+        NullOrigin => "null_origin",
+        /// The header was there but is not an http(s) origin.
+        Malformed => "malformed",
+        /// A listed non-loopback host over plain http.
+        InsecureScheme => "insecure_scheme",
+        /// The host is not in the project's domains.
+        NotListed => "not_listed",
+        /// The `pid` names no project. Decided by the caller; it answers the
+        /// same 403 as `NotListed` so projects cannot be enumerated.
+        UnknownProject => "unknown_project",
     }
 }
 
@@ -702,17 +690,7 @@ mod tests {
 
     #[test]
     fn deny_labels_are_distinct_and_bounded() {
-        let labels: Vec<&str> = [
-            DenyReason::NoOrigin,
-            DenyReason::NullOrigin,
-            DenyReason::Malformed,
-            DenyReason::InsecureScheme,
-            DenyReason::NotListed,
-            DenyReason::UnknownProject,
-        ]
-        .iter()
-        .map(DenyReason::as_label)
-        .collect();
+        let labels: Vec<&str> = DenyReason::ALL.iter().map(|r| r.as_label()).collect();
         assert_eq!(
             labels,
             [

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::host::{self, HostError, HostKind, Unicode};
+use crate::net::host::{self, HostError, HostKind, Unicode};
 
 /// Why a configured domain pattern is not acceptable. Every message starts
 /// with the pattern as written, quoted; config.rs adds the file and key.

@@ -267,7 +267,15 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(upgraded) = upgrade.await {
-            let _ = echo_frames(TokioIo::new(upgraded)).await;
+            let mut io = TokioIo::new(upgraded);
+            // The server speaks first (see `WEBSOCKET_GREETING`).
+            if io
+                .write_all(&frame(1, WEBSOCKET_GREETING, None))
+                .await
+                .is_ok()
+            {
+                let _ = echo_frames(io).await;
+            }
         }
     });
     Response::builder()
@@ -278,6 +286,13 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
         .body(full(""))
         .unwrap()
 }
+
+/// The text frame the WebSocket upstream sends as soon as the connection
+/// is upgraded. A client that waits for it before sending its first frame
+/// never meets Pingora 0.9.1's upgrade race (docs/sites.md, "Known
+/// issues"): by then the proxy has passed an upstream frame down, which
+/// resets its downstream state.
+pub const WEBSOCKET_GREETING: &[u8] = b"hello from upstream";
 
 /// Echoes client frames (masked) back unmasked until a close frame.
 async fn echo_frames<S>(mut io: S) -> std::io::Result<()>
