@@ -22,10 +22,10 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use visitord::agent::Agent;
-use visitord::answer::{error, redirect};
-use visitord::geo::Location;
-use visitord::host::parse_authority;
+use visitord::lookup::agent::Agent;
+use visitord::request::answer::{error, redirect};
+use visitord::lookup::geo::Location;
+use visitord::net::host::parse_authority;
 use visitord::visitor::{success_body, visitor};
 
 /// Every key of `data`, in order (docs/design.md §3).

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use visitord::client_ip::{client_ip, client_ip_from_lines, TrustedProxies};
+use visitord::net::client_ip::{client_ip, client_ip_from_lines, TrustedProxies};
 
 /// A realistic list: private ranges, loopback, a documentation range of each
 /// family, and an IPv4-mapped block written as IPv6 (read as its IPv4

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use visitord::host::is_loopback_host;
+use visitord::net::host::is_loopback_host;
 use visitord::origin::{
     caller_origin, decide, origin_of_referer, parse_origin, Decision, DenyReason, DomainPattern,
     Origin, Scheme,

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use visitord::query::{percent_decode, project_id_from_query, QueryError, MAX_QUERY_LEN};
+use visitord::request::query::{percent_decode, project_id_from_query, QueryError, MAX_QUERY_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(query) = std::str::from_utf8(data) else {
