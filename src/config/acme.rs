@@ -91,16 +91,60 @@ pub(super) fn parse_acme(
     let invalid =
         |key: &str, reason: String| ConfigError::invalid(file, format!("acme.{key}"), reason);
 
-    let email = match raw.email.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(e) => Some(email(e).map_err(|r| invalid("email", format!("{e:?}: {r}")))?),
-    };
+    let email = contact(&invalid, raw.email.as_deref())?;
     directory_url(&raw.directory)
         .map_err(|r| invalid("directory", format!("{:?}: {r}", raw.directory)))?;
     if raw.state_dir.as_os_str().is_empty() {
         return Err(invalid("state_dir", "must not be empty".into()));
     }
-    let challenge = match raw.challenge.as_str() {
+    let challenge = challenge(&invalid, &raw.challenge, listeners)?;
+    if let Some(d) = raw.renew_before {
+        if d.is_zero() || d > MAX_RENEW_BEFORE {
+            return Err(invalid(
+                "renew_before",
+                "must be more than 0s and at most 365d".into(),
+            ));
+        }
+    }
+    let eab = external_account(&invalid, raw.eab_kid, raw.eab_hmac_key)?;
+    let (domains, domains_from_sites) = match raw.domains {
+        Some(list) => (explicit_domains(&invalid, &list)?, false),
+        None => (site_domains(sites), true),
+    };
+    Ok(Acme {
+        email,
+        directory: raw.directory,
+        directory_ca: raw.directory_ca.as_deref().map(resolve),
+        state_dir: resolve(&raw.state_dir),
+        challenge,
+        renew_before: raw.renew_before,
+        domains,
+        domains_from_sites,
+        eab,
+    })
+}
+
+/// `email`, when written (blank counts as not written).
+fn contact(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    raw: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(e) => Ok(Some(
+            email(e).map_err(|r| invalid("email", format!("{e:?}: {r}")))?,
+        )),
+    }
+}
+
+/// `challenge`, and the listener it needs: every challenge is for a TLS
+/// listener's certificate, and http-01 is answered on a plain one.
+fn challenge(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    name: &str,
+    listeners: &[Listener],
+) -> Result<Challenge, ConfigError> {
+    let challenge = match name {
         "http-01" => Challenge::Http01,
         "tls-alpn-01" => Challenge::TlsAlpn01,
         other => {
@@ -126,51 +170,33 @@ pub(super) fn parse_acme(
             "certificates are for a TLS listener, and no [[listen]] has tls = true".into(),
         ));
     }
-    if let Some(d) = raw.renew_before {
-        if d.is_zero() || d > MAX_RENEW_BEFORE {
-            return Err(invalid(
-                "renew_before",
-                "must be more than 0s and at most 365d".into(),
-            ));
-        }
-    }
-    let eab = match (raw.eab_kid, raw.eab_hmac_key) {
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(invalid(
-                "eab_hmac_key",
-                "required with eab_kid (the CA gives both)".into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(invalid(
-                "eab_kid",
-                "required with eab_hmac_key (the CA gives both)".into(),
-            ))
-        }
+    Ok(challenge)
+}
+
+/// `eab_kid` and `eab_hmac_key`: both or neither.
+fn external_account(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    kid: Option<String>,
+    key: Option<String>,
+) -> Result<Option<ExternalAccount>, ConfigError> {
+    match (kid, key) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(
+            "eab_hmac_key",
+            "required with eab_kid (the CA gives both)".into(),
+        )),
+        (None, Some(_)) => Err(invalid(
+            "eab_kid",
+            "required with eab_hmac_key (the CA gives both)".into(),
+        )),
         (Some(kid), Some(key)) => {
             if kid.trim().is_empty() {
                 return Err(invalid("eab_kid", "must not be empty".into()));
             }
             let hmac_key = hmac_key(&key).map_err(|r| invalid("eab_hmac_key", r.into()))?;
-            Some(ExternalAccount { kid, hmac_key })
+            Ok(Some(ExternalAccount { kid, hmac_key }))
         }
-    };
-    let (domains, domains_from_sites) = match raw.domains {
-        Some(list) => (explicit_domains(&invalid, &list)?, false),
-        None => (site_domains(sites), true),
-    };
-    Ok(Acme {
-        email,
-        directory: raw.directory,
-        directory_ca: raw.directory_ca.as_deref().map(resolve),
-        state_dir: resolve(&raw.state_dir),
-        challenge,
-        renew_before: raw.renew_before,
-        domains,
-        domains_from_sites,
-        eab,
-    })
+    }
 }
 
 /// A contact address as the CA will see it (`mailto:` is added later).

@@ -30,7 +30,9 @@ pub use store_url::StoreUrl;
 use crate::limits::ClientPrefixes;
 use crate::net::client_ip::TrustedProxies;
 use crate::observe::metrics_access::{is_loopback, AllowList};
-use raw::{parse_toml, read, RawConfig, RawLimits, RawListen, RawMetrics, RawTls};
+use raw::{
+    parse_toml, read, RawConfig, RawGeo, RawLimits, RawListen, RawMetrics, RawServer, RawTls,
+};
 
 /// `visitord.toml`, validated, with every path resolved from the file's folder.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,83 +180,28 @@ impl Config {
         let base = file.parent().unwrap_or_else(|| Path::new(""));
         let resolve = |p: &Path| base.join(p);
 
-        if raw.server.threads == 0 || raw.server.threads > 1024 {
-            return Err(ConfigError::invalid(
-                file,
-                "server.threads",
-                format!("{} is out of range 1..=1024", raw.server.threads),
-            ));
-        }
-        if raw.server.grace_period > Duration::from_secs(3600) {
-            return Err(ConfigError::invalid(
-                file,
-                "server.grace_period",
-                "longer than 1h",
-            ));
-        }
-
+        let server = server(file, &raw.server)?;
         let listeners = listeners(file, &raw.listen)?;
-        let needs_tls = listeners.iter().any(|l| l.kind == ListenerKind::Tls);
-        let has_acme = raw.acme.is_some();
-        let tls =
-            match (raw.tls, needs_tls) {
-                (Some(tls), _) => Some(tls_settings(file, tls, &resolve, has_acme)?),
-                // Every certificate may come from ACME; HSTS keeps its default.
-                (None, true) if has_acme => Some(Tls {
-                    certificates: Vec::new(),
-                    hsts: Some(HeaderValue::from_static(raw::DEFAULT_HSTS)),
-                }),
-                (None, true) => return Err(ConfigError::invalid(
-                    file,
-                    "tls",
-                    "missing: a listener has `tls = true` but no [tls] certificates (or [acme]) are configured",
-                )),
-                (None, false) => None,
-            };
-
+        let tls = tls(file, raw.tls, &listeners, &resolve, raw.acme.is_some())?;
         let api = Api {
             path: ApiPath::parse(&raw.api.path)
                 .map_err(|reason| ConfigError::invalid(file, "api.path", reason))?,
             projects: resolve(&raw.api.projects),
         };
-
-        if raw.geo.databases.is_empty() {
-            return Err(ConfigError::invalid(
-                file,
-                "geo.databases",
-                "must list at least one database",
-            ));
-        }
-        let geo = Geo {
-            databases: raw.geo.databases.iter().map(|p| resolve(p)).collect(),
-        };
-
+        let geo = geo(file, &raw.geo, &resolve)?;
         let sites = site::parse_sites(file, raw.site, &resolve)?;
         let acme = match raw.acme {
             Some(a) => Some(acme::parse_acme(file, a, &resolve, &listeners, &sites)?),
             None => None,
         };
-
         let metrics = match raw.metrics.enabled {
-            true => Some(metrics(file, raw.metrics, &resolve)?),
+            true => Some(metrics(file, raw.metrics, &resolve, &listeners)?),
             false => None,
         };
-        if let Some(m) = &metrics {
-            if let Some(l) = listeners.iter().find(|l| l.addr == m.addr) {
-                return Err(ConfigError::invalid(
-                    file,
-                    "metrics.addr",
-                    format!("{} is also a [[listen]] address", l.addr),
-                ));
-            }
-        }
 
         Ok(Config {
             file: file.to_path_buf(),
-            server: Server {
-                threads: raw.server.threads,
-                grace_period: raw.server.grace_period,
-            },
+            server,
             listeners,
             tls,
             api,
@@ -295,12 +242,73 @@ impl Config {
     }
 }
 
+fn server(file: &Path, raw: &RawServer) -> Result<Server, ConfigError> {
+    if raw.threads == 0 || raw.threads > 1024 {
+        return Err(ConfigError::invalid(
+            file,
+            "server.threads",
+            format!("{} is out of range 1..=1024", raw.threads),
+        ));
+    }
+    if raw.grace_period > Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            file,
+            "server.grace_period",
+            "longer than 1h",
+        ));
+    }
+    Ok(Server {
+        threads: raw.threads,
+        grace_period: raw.grace_period,
+    })
+}
+
+/// `[tls]`, required when a listener terminates TLS unless `[acme]` can
+/// supply every certificate.
+fn tls(
+    file: &Path,
+    raw: Option<RawTls>,
+    listeners: &[Listener],
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    has_acme: bool,
+) -> Result<Option<Tls>, ConfigError> {
+    let needs_tls = listeners.iter().any(|l| l.kind == ListenerKind::Tls);
+    match (raw, needs_tls) {
+        (Some(tls), _) => Ok(Some(tls_settings(file, tls, resolve, has_acme)?)),
+        // Every certificate may come from ACME; HSTS keeps its default.
+        (None, true) if has_acme => Ok(Some(Tls {
+            certificates: Vec::new(),
+            hsts: Some(HeaderValue::from_static(raw::DEFAULT_HSTS)),
+        })),
+        (None, true) => Err(ConfigError::invalid(
+            file,
+            "tls",
+            "missing: a listener has `tls = true` but no [tls] certificates (or [acme]) are configured",
+        )),
+        (None, false) => Ok(None),
+    }
+}
+
+fn geo(file: &Path, raw: &RawGeo, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Geo, ConfigError> {
+    if raw.databases.is_empty() {
+        return Err(ConfigError::invalid(
+            file,
+            "geo.databases",
+            "must list at least one database",
+        ));
+    }
+    Ok(Geo {
+        databases: raw.databases.iter().map(|p| resolve(p)).collect(),
+    })
+}
+
 /// `[metrics]`: off loopback, the listener needs an allow list or a token
 /// (or both), so that only Prometheus and the operator can read it.
 fn metrics(
     file: &Path,
     raw: RawMetrics,
     resolve: &dyn Fn(&Path) -> PathBuf,
+    listeners: &[Listener],
 ) -> Result<Metrics, ConfigError> {
     let token_file = raw
         .token_file
@@ -316,6 +324,13 @@ fn metrics(
                  or both, so that only they can read metrics and the dashboard",
                 raw.addr
             ),
+        ));
+    }
+    if let Some(l) = listeners.iter().find(|l| l.addr == raw.addr) {
+        return Err(ConfigError::invalid(
+            file,
+            "metrics.addr",
+            format!("{} is also a [[listen]] address", l.addr),
         ));
     }
     Ok(Metrics {
@@ -424,51 +439,8 @@ fn limits(
     raw: &RawLimits,
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<Limits, ConfigError> {
-    let hour = Duration::from_secs(3600);
-    for (key, value) in [
-        ("limits.request_header_timeout", raw.request_header_timeout),
-        ("limits.keepalive_timeout", raw.keepalive_timeout),
-    ] {
-        if value > hour {
-            return Err(ConfigError::invalid(file, key, "longer than 1h"));
-        }
-    }
-    if raw.tls_handshake_timeout.is_zero() || raw.tls_handshake_timeout > Duration::from_secs(60) {
-        return Err(ConfigError::invalid(
-            file,
-            "limits.tls_handshake_timeout",
-            "must be more than 0s and at most 60s",
-        ));
-    }
-    if raw.ipv4_prefix > 32 {
-        return Err(ConfigError::invalid(
-            file,
-            "limits.ipv4_prefix",
-            "must be 0 to 32",
-        ));
-    }
-    if raw.ipv6_prefix > 128 {
-        return Err(ConfigError::invalid(
-            file,
-            "limits.ipv6_prefix",
-            "must be 0 to 128",
-        ));
-    }
-    if raw.max_connections == Some(0) {
-        return Err(ConfigError::invalid(
-            file,
-            "limits.max_connections",
-            "0 would refuse every connection (leave it out for the default)",
-        ));
-    }
-    // Smaller than a request line with a few headers is a typo; Pingora
-    // reads at most 1 MiB anyway.
-    if !(1024..=1024 * 1024).contains(&raw.max_request_head) {
-        return Err(ConfigError::invalid(
-            file,
-            "limits.max_request_head",
-            "must be 1024 to 1048576 bytes",
-        ));
+    if let Some((key, reason)) = limits_problem(raw) {
+        return Err(ConfigError::invalid(file, key, reason));
     }
     Ok(Limits {
         requests_per_minute_per_ip: raw.requests_per_minute_per_ip,
@@ -485,6 +457,56 @@ fn limits(
         max_request_head: raw.max_request_head as usize,
         shared_store: shared_store(file, raw, resolve)?,
     })
+}
+
+/// The first `[limits]` value out of range, as its key and the reason: one
+/// row per rule, checked in this order.
+fn limits_problem(raw: &RawLimits) -> Option<(&'static str, &'static str)> {
+    let hour = Duration::from_secs(3600);
+    let handshake = raw.tls_handshake_timeout;
+    let rules = [
+        (
+            "limits.request_header_timeout",
+            raw.request_header_timeout > hour,
+            "longer than 1h",
+        ),
+        (
+            "limits.keepalive_timeout",
+            raw.keepalive_timeout > hour,
+            "longer than 1h",
+        ),
+        (
+            "limits.tls_handshake_timeout",
+            handshake.is_zero() || handshake > Duration::from_secs(60),
+            "must be more than 0s and at most 60s",
+        ),
+        (
+            "limits.ipv4_prefix",
+            raw.ipv4_prefix > 32,
+            "must be 0 to 32",
+        ),
+        (
+            "limits.ipv6_prefix",
+            raw.ipv6_prefix > 128,
+            "must be 0 to 128",
+        ),
+        (
+            "limits.max_connections",
+            raw.max_connections == Some(0),
+            "0 would refuse every connection (leave it out for the default)",
+        ),
+        // Smaller than a request line with a few headers is a typo; Pingora
+        // reads at most 1 MiB anyway.
+        (
+            "limits.max_request_head",
+            !(1024..=1024 * 1024).contains(&raw.max_request_head),
+            "must be 1024 to 1048576 bytes",
+        ),
+    ];
+    rules
+        .into_iter()
+        .find(|&(_, broken, _)| broken)
+        .map(|(key, _, reason)| (key, reason))
 }
 
 fn shared_store(
@@ -799,6 +821,54 @@ addr = "127.0.0.1:9180"
             "{GOOD}\n[limits]\nrequests_per_minute_per_ip = -1\n"
         ));
         assert!(e.contains("limits.requests_per_minute_per_ip"), "{e}");
+    }
+
+    #[test]
+    fn each_limits_rule_names_its_key() {
+        let cases = [
+            (
+                "request_header_timeout = \"61m\"",
+                "limits.request_header_timeout: longer than 1h",
+            ),
+            (
+                "keepalive_timeout = \"2h\"",
+                "limits.keepalive_timeout: longer than 1h",
+            ),
+            (
+                "tls_handshake_timeout = \"0s\"",
+                "limits.tls_handshake_timeout: must be more than 0s",
+            ),
+            (
+                "tls_handshake_timeout = \"61s\"",
+                "limits.tls_handshake_timeout: must be more than 0s",
+            ),
+            ("ipv4_prefix = 33", "limits.ipv4_prefix: must be 0 to 32"),
+            ("ipv6_prefix = 129", "limits.ipv6_prefix: must be 0 to 128"),
+            (
+                "max_connections = 0",
+                "limits.max_connections: 0 would refuse every connection",
+            ),
+            (
+                "max_request_head = 1023",
+                "limits.max_request_head: must be 1024 to 1048576 bytes",
+            ),
+            (
+                "max_request_head = 1048577",
+                "limits.max_request_head: must be 1024 to 1048576 bytes",
+            ),
+            // Two broken values: the first rule in the table is reported.
+            (
+                "ipv6_prefix = 129\nkeepalive_timeout = \"2h\"",
+                "limits.keepalive_timeout:",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = error(&format!("{GOOD}\n[limits]\n{line}\n"));
+            assert!(e.contains(want), "{line}\n  got: {e}\n want: {want}");
+        }
+        let edges = "ipv4_prefix = 32\nipv6_prefix = 128\ntls_handshake_timeout = \"60s\"\n\
+                     max_request_head = 1024\nkeepalive_timeout = \"1h\"";
+        parse(&format!("{GOOD}\n[limits]\n{edges}\n")).unwrap();
     }
 
     #[test]

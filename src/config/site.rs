@@ -284,55 +284,86 @@ fn parse_site(
     let invalid =
         |key: &str, reason: String| ConfigError::invalid(file, format!("site[{i}].{key}"), reason);
 
-    if raw.hosts.is_empty() {
+    let hosts = hosts(&invalid, &raw.hosts)?;
+    let upstreams = upstreams(&invalid, &raw.upstreams)?;
+    upstream_tls(&invalid, &raw, &upstreams)?;
+    let timeouts = Timeouts {
+        connect: timeout(&invalid, "connect_timeout", raw.connect_timeout)?,
+        read: timeout(&invalid, "read_timeout", raw.read_timeout)?,
+        write: timeout(&invalid, "write_timeout", raw.write_timeout)?,
+        idle: timeout(&invalid, "idle_timeout", raw.idle_timeout)?,
+    };
+    health_check_interval(&invalid, raw.health_check_interval)?;
+    let api_path = match &raw.api_path {
+        Some(p) => Some(ApiPath::parse(p).map_err(|reason| invalid("api_path", reason))?),
+        None => None,
+    };
+    let list = country_list(&invalid, raw.allow_countries, raw.deny_countries)?;
+    let visitor_headers = visitor_headers(&invalid, raw.visitor_headers.as_deref())?;
+
+    Ok(SiteConfig {
+        hosts,
+        upstreams,
+        upstream_tls: raw.upstream_tls,
+        upstream_sni: raw.upstream_sni,
+        upstream_ca: raw.upstream_ca.as_deref().map(resolve),
+        timeouts,
+        health_check_interval: raw.health_check_interval,
+        api_path,
+        countries: CountryRule {
+            list,
+            unknown: raw.unknown_country,
+        },
+        pass_underscore_headers: raw.pass_underscore_headers,
+        visitor_headers,
+    })
+}
+
+/// `hosts`: at least one, each a valid domain pattern.
+fn hosts(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    raw: &[String],
+) -> Result<Vec<DomainPattern>, ConfigError> {
+    if raw.is_empty() {
         return Err(invalid("hosts", "must list at least one host".into()));
     }
-    let hosts = raw
-        .hosts
-        .iter()
+    raw.iter()
         .enumerate()
         .map(|(j, h)| {
             DomainPattern::parse(h).map_err(|e| invalid(&format!("hosts[{j}]"), e.to_string()))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
 
-    if raw.upstreams.is_empty() {
+/// `upstreams`: at least one, each `host:port`.
+fn upstreams(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    raw: &[String],
+) -> Result<Vec<UpstreamAddr>, ConfigError> {
+    if raw.is_empty() {
         return Err(invalid(
             "upstreams",
             "must list at least one host:port".into(),
         ));
     }
-    let upstreams = raw
-        .upstreams
-        .iter()
+    raw.iter()
         .enumerate()
         .map(|(j, u)| {
             UpstreamAddr::parse(u)
                 .map_err(|e| invalid(&format!("upstreams[{j}]"), format!("{u:?}: {e}")))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
 
+/// `upstream_sni` and `upstream_ca` only with `upstream_tls`, and a name
+/// to check the certificate of every upstream against.
+fn upstream_tls(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    raw: &RawSite,
+    upstreams: &[UpstreamAddr],
+) -> Result<(), ConfigError> {
     if let Some(sni) = &raw.upstream_sni {
-        if !raw.upstream_tls {
-            return Err(invalid(
-                "upstream_sni",
-                "only meaningful with upstream_tls = true".into(),
-            ));
-        }
-        // rustls (through Pingora) turns certificate verification off for
-        // an empty SNI; never let configuration produce one.
-        if sni.is_empty() {
-            return Err(invalid(
-                "upstream_sni",
-                "must not be empty (an empty SNI would turn certificate verification off)".into(),
-            ));
-        }
-        if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
-            return Err(invalid(
-                "upstream_sni",
-                format!("{sni:?}: not a DNS name or IP address"),
-            ));
-        }
+        upstream_sni(invalid, sni, raw.upstream_tls)?;
     }
     if raw.upstream_ca.is_some() && !raw.upstream_tls {
         return Err(invalid(
@@ -351,73 +382,35 @@ fn parse_site(
             ));
         }
     }
+    Ok(())
+}
 
-    let timeouts = Timeouts {
-        connect: timeout(&invalid, "connect_timeout", raw.connect_timeout)?,
-        read: timeout(&invalid, "read_timeout", raw.read_timeout)?,
-        write: timeout(&invalid, "write_timeout", raw.write_timeout)?,
-        idle: timeout(&invalid, "idle_timeout", raw.idle_timeout)?,
-    };
-    if !(MIN_HEALTH_CHECK_INTERVAL..=MAX_HEALTH_CHECK_INTERVAL).contains(&raw.health_check_interval)
-    {
+fn upstream_sni(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    sni: &str,
+    upstream_tls: bool,
+) -> Result<(), ConfigError> {
+    if !upstream_tls {
         return Err(invalid(
-            "health_check_interval",
-            "must be between 1s and 1h".into(),
+            "upstream_sni",
+            "only meaningful with upstream_tls = true".into(),
         ));
     }
-
-    let api_path = match &raw.api_path {
-        Some(p) => Some(ApiPath::parse(p).map_err(|reason| invalid("api_path", reason))?),
-        None => None,
-    };
-
-    let list = match (raw.allow_countries, raw.deny_countries) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "deny_countries",
-                "allow_countries and deny_countries cannot both be set".into(),
-            ))
-        }
-        (Some(codes), None) => {
-            CountryList::Allow(country_codes(&invalid, "allow_countries", &codes)?)
-        }
-        (None, Some(codes)) => {
-            CountryList::Deny(country_codes(&invalid, "deny_countries", &codes)?)
-        }
-        (None, None) => CountryList::Everyone,
-    };
-
-    Ok(SiteConfig {
-        hosts,
-        upstreams,
-        upstream_tls: raw.upstream_tls,
-        upstream_sni: raw.upstream_sni,
-        upstream_ca: raw.upstream_ca.as_deref().map(resolve),
-        timeouts,
-        health_check_interval: raw.health_check_interval,
-        api_path,
-        countries: CountryRule {
-            list,
-            unknown: raw.unknown_country,
-        },
-        pass_underscore_headers: raw.pass_underscore_headers,
-        visitor_headers: match &raw.visitor_headers {
-            None => VisitorHeaderSet::ALL,
-            Some(names) => VisitorHeaderSet::parse(names).map_err(|(k, name)| {
-                invalid(
-                    &format!("visitor_headers[{k}]"),
-                    format!(
-                        "{name:?}: not a visitor header (one of {})",
-                        VisitorHeader::ALL
-                            .iter()
-                            .map(|h| h.as_label())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?,
-        },
-    })
+    // rustls (through Pingora) turns certificate verification off for
+    // an empty SNI; never let configuration produce one.
+    if sni.is_empty() {
+        return Err(invalid(
+            "upstream_sni",
+            "must not be empty (an empty SNI would turn certificate verification off)".into(),
+        ));
+    }
+    if rustls::pki_types::ServerName::try_from(sni).is_err() {
+        return Err(invalid(
+            "upstream_sni",
+            format!("{sni:?}: not a DNS name or IP address"),
+        ));
+    }
+    Ok(())
 }
 
 fn timeout(
@@ -429,6 +422,40 @@ fn timeout(
         return Err(invalid(key, "must be more than 0s and at most 24h".into()));
     }
     Ok(d)
+}
+
+fn health_check_interval(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    d: Duration,
+) -> Result<(), ConfigError> {
+    if !(MIN_HEALTH_CHECK_INTERVAL..=MAX_HEALTH_CHECK_INTERVAL).contains(&d) {
+        return Err(invalid(
+            "health_check_interval",
+            "must be between 1s and 1h".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `allow_countries` or `deny_countries` (not both), or everyone.
+fn country_list(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+) -> Result<CountryList, ConfigError> {
+    Ok(match (allow, deny) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "deny_countries",
+                "allow_countries and deny_countries cannot both be set".into(),
+            ))
+        }
+        (Some(codes), None) => {
+            CountryList::Allow(country_codes(invalid, "allow_countries", &codes)?)
+        }
+        (None, Some(codes)) => CountryList::Deny(country_codes(invalid, "deny_countries", &codes)?),
+        (None, None) => CountryList::Everyone,
+    })
 }
 
 fn country_codes(
@@ -454,6 +481,29 @@ fn country_codes(
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+/// `visitor_headers`: the names listed, or every header when absent.
+fn visitor_headers(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    names: Option<&[String]>,
+) -> Result<VisitorHeaderSet, ConfigError> {
+    let Some(names) = names else {
+        return Ok(VisitorHeaderSet::ALL);
+    };
+    VisitorHeaderSet::parse(names).map_err(|(k, name)| {
+        invalid(
+            &format!("visitor_headers[{k}]"),
+            format!(
+                "{name:?}: not a visitor header (one of {})",
+                VisitorHeader::ALL
+                    .iter()
+                    .map(|h| h.as_label())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -15,9 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::certs::tls::LoadedCertificate;
 use crate::clock;
+use crate::lookup::geo::DatabaseInfo;
 use crate::observe::reload_history::ReloadRecord;
 use crate::observe::usage::UsageReport;
+use crate::sites::Site;
 use crate::snapshot::Snapshot;
 
 pub use page::{render, CONTENT_SECURITY_POLICY};
@@ -114,6 +117,7 @@ pub struct Clock {
 impl Status {
     pub fn collect(snap: &Snapshot, reloads: &[ReloadRecord], clock: Clock) -> Status {
         let now = clock::unix_seconds(clock.now);
+        let usage = &snap.recorders.usage;
         Status {
             version: env!("CARGO_PKG_VERSION"),
             generation: snap.generation,
@@ -125,9 +129,7 @@ impl Status {
                 .unwrap_or(Duration::ZERO)
                 .as_secs(),
             snapshot_loaded_at: timestamp(snap.loaded_at),
-            projects: snap
-                .recorders
-                .usage
+            projects: usage
                 .projects(clock.instant)
                 .into_iter()
                 .map(|(id, usage)| ProjectStatus {
@@ -135,60 +137,20 @@ impl Status {
                     usage,
                 })
                 .collect(),
-            no_project: snap.recorders.usage.unattributed(clock.instant),
+            no_project: usage.unattributed(clock.instant),
             databases: snap
                 .geo
                 .databases()
                 .iter()
-                .map(|db| {
-                    let built = i64::try_from(db.build_epoch).unwrap_or(i64::MAX);
-                    DatabaseStatus {
-                        file: db.path.display().to_string(),
-                        database_type: db.database_type.clone(),
-                        shape: db.shape.as_str(),
-                        built_at: clock::rfc3339(built),
-                        age_days: (now - built).div_euclid(DAY),
-                    }
-                })
+                .map(|db| DatabaseStatus::of(db, now))
                 .collect(),
             certificates: snap
                 .certificates
                 .iter()
-                .map(|c| CertificateStatus {
-                    names: c.names.clone(),
-                    source: "file",
-                    file: c.files.cert.display().to_string(),
-                    expires_at: clock::rfc3339(c.not_after),
-                    days_left: (c.not_after - now).div_euclid(DAY),
-                })
+                .map(|c| CertificateStatus::of(c, now))
                 .collect(),
-            sites: snap
-                .sites
-                .iter()
-                .map(|s| SiteStatus {
-                    site: s.label.clone(),
-                    hosts: s.config.hosts.iter().map(ToString::to_string).collect(),
-                    upstreams: s
-                        .upstreams
-                        .iter()
-                        .map(|u| UpstreamStatus {
-                            upstream: u.spec.clone(),
-                            address: u.addr.to_string(),
-                            up: u.health.is_up(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-            reloads: reloads
-                .iter()
-                .map(|r| ReloadStatus {
-                    at: timestamp(r.at),
-                    trigger: r.trigger,
-                    generation: r.generation,
-                    result: if r.refused.is_none() { "ok" } else { "refused" },
-                    reason: r.refused.clone(),
-                })
-                .collect(),
+            sites: snap.sites.iter().map(SiteStatus::of).collect(),
+            reloads: reloads.iter().map(ReloadStatus::of).collect(),
         }
     }
 
@@ -196,6 +158,61 @@ impl Status {
     pub fn json(&self) -> Vec<u8> {
         // Plain structs of strings and numbers always serialize.
         serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+impl DatabaseStatus {
+    fn of(db: &DatabaseInfo, now: i64) -> DatabaseStatus {
+        let built = i64::try_from(db.build_epoch).unwrap_or(i64::MAX);
+        DatabaseStatus {
+            file: db.path.display().to_string(),
+            database_type: db.database_type.clone(),
+            shape: db.shape.as_str(),
+            built_at: clock::rfc3339(built),
+            age_days: (now - built).div_euclid(DAY),
+        }
+    }
+}
+
+impl CertificateStatus {
+    fn of(c: &LoadedCertificate, now: i64) -> CertificateStatus {
+        CertificateStatus {
+            names: c.names.clone(),
+            source: "file",
+            file: c.files.cert.display().to_string(),
+            expires_at: clock::rfc3339(c.not_after),
+            days_left: (c.not_after - now).div_euclid(DAY),
+        }
+    }
+}
+
+impl SiteStatus {
+    fn of(s: &Site) -> SiteStatus {
+        SiteStatus {
+            site: s.label.clone(),
+            hosts: s.config.hosts.iter().map(ToString::to_string).collect(),
+            upstreams: s
+                .upstreams
+                .iter()
+                .map(|u| UpstreamStatus {
+                    upstream: u.spec.clone(),
+                    address: u.addr.to_string(),
+                    up: u.health.is_up(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ReloadStatus {
+    fn of(r: &ReloadRecord) -> ReloadStatus {
+        ReloadStatus {
+            at: timestamp(r.at),
+            trigger: r.trigger,
+            generation: r.generation,
+            result: if r.refused.is_none() { "ok" } else { "refused" },
+            reason: r.refused.clone(),
+        }
     }
 }
 

@@ -127,55 +127,69 @@ impl Reloader {
             .map_err(LoadError::from)
             .and_then(|c| Snapshot::build(c, current.generation + 1, Some(&current)));
         match next {
-            Ok(next) => {
-                note_restart_only_changes(&current.config, &next.config);
-                crate::snapshot::publish::publish_metrics(&next);
-                let generation = next.generation;
-                self.shared.store(Arc::new(next));
-                METRICS.reloads.with_label_values(&["snapshot", "ok"]).inc();
-                log::info!(
-                    "reloaded on {}: now serving generation {generation} (built in {} ms)",
-                    trigger.as_str(),
-                    started.elapsed().as_millis()
-                );
-                self.last_failure = None;
-                METRICS.reload_ok.set(1);
-                self.history.push(ReloadRecord {
-                    at: std::time::SystemTime::now(),
-                    trigger: trigger.as_str(),
-                    generation,
-                    refused: None,
-                });
-                if let Err(e) = crate::services::acme::prepare(&self.shared) {
-                    log::warn!("acme.state_dir: {e}");
-                }
-                self.follow_files();
-                crate::services::systemd::status(&format!("serving generation {generation}"));
-            }
-            Err(e) => {
-                self.last_failure = Some(fingerprint);
-                METRICS
-                    .reloads
-                    .with_label_values(&[e.kind(), "error"])
-                    .inc();
-                log::warn!(
-                    "reload on {} refused, still serving generation {}: {e}",
-                    trigger.as_str(),
-                    current.generation
-                );
-                crate::services::systemd::status(&format!(
-                    "serving generation {}; last reload refused: {e}",
-                    current.generation
-                ));
-                METRICS.reload_ok.set(0);
-                self.history.push(ReloadRecord {
-                    at: std::time::SystemTime::now(),
-                    trigger: trigger.as_str(),
-                    generation: current.generation,
-                    refused: Some(e.to_string()),
-                });
-            }
+            Ok(next) => self.serve(trigger, &current, next, started),
+            Err(e) => self.refused(trigger, &current, &e, fingerprint),
         }
+    }
+
+    /// Serves `next` in place of `current`.
+    fn serve(&mut self, trigger: Trigger, current: &Snapshot, next: Snapshot, started: Instant) {
+        note_restart_only_changes(&current.config, &next.config);
+        crate::snapshot::publish::publish_metrics(&next);
+        let generation = next.generation;
+        self.shared.store(Arc::new(next));
+        METRICS.reloads.with_label_values(&["snapshot", "ok"]).inc();
+        log::info!(
+            "reloaded on {}: now serving generation {generation} (built in {} ms)",
+            trigger.as_str(),
+            started.elapsed().as_millis()
+        );
+        self.last_failure = None;
+        METRICS.reload_ok.set(1);
+        self.history.push(ReloadRecord {
+            at: std::time::SystemTime::now(),
+            trigger: trigger.as_str(),
+            generation,
+            refused: None,
+        });
+        if let Err(e) = crate::services::acme::prepare(&self.shared) {
+            log::warn!("acme.state_dir: {e}");
+        }
+        self.follow_files();
+        crate::services::systemd::status(&format!("serving generation {generation}"));
+    }
+
+    /// Keeps `current` serving after a refused reload; `fingerprint`
+    /// names the files that were refused, so a file event alone does not
+    /// retry them.
+    fn refused(
+        &mut self,
+        trigger: Trigger,
+        current: &Snapshot,
+        e: &LoadError,
+        fingerprint: Fingerprint,
+    ) {
+        self.last_failure = Some(fingerprint);
+        METRICS
+            .reloads
+            .with_label_values(&[e.kind(), "error"])
+            .inc();
+        log::warn!(
+            "reload on {} refused, still serving generation {}: {e}",
+            trigger.as_str(),
+            current.generation
+        );
+        crate::services::systemd::status(&format!(
+            "serving generation {}; last reload refused: {e}",
+            current.generation
+        ));
+        METRICS.reload_ok.set(0);
+        self.history.push(ReloadRecord {
+            at: std::time::SystemTime::now(),
+            trigger: trigger.as_str(),
+            generation: current.generation,
+            refused: Some(e.to_string()),
+        });
     }
 
     /// Points the watcher at the folders of the serving snapshot's files.

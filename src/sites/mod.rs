@@ -131,72 +131,12 @@ impl Sites {
         configs: &[SiteConfig],
         previous: Option<&Sites>,
     ) -> Result<Sites, ConfigError> {
-        let mut health: HashMap<SocketAddr, Arc<Health>> = previous
-            .map(|p| {
-                p.targets
-                    .iter()
-                    .map(|t| (t.addr, Arc::clone(&t.health)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut targets = Targets::new(previous);
         let mut sites = Sites::default();
-        let mut target_index: HashMap<SocketAddr, usize> = HashMap::new();
         for (i, config) in configs.iter().enumerate() {
             let label = config.label();
-            let ca = match &config.upstream_ca {
-                Some(path) => Some(read_ca(path).map(|ca| Arc::from(ca.certs)).map_err(|e| {
-                    ConfigError::invalid(
-                        file,
-                        format!("site[{i}].upstream_ca"),
-                        format!("{}: {e}", path.display()),
-                    )
-                })?),
-                None => None,
-            };
-            let mut upstreams: Vec<Upstream> = Vec::new();
-            for (j, u) in config.upstreams.iter().enumerate() {
-                let addrs = resolve_upstream(u).map_err(|e| {
-                    ConfigError::invalid(
-                        file,
-                        format!("site[{i}].upstreams[{j}]"),
-                        format!("{:?}: {e}", u.to_string()),
-                    )
-                })?;
-                for addr in addrs {
-                    if upstreams.iter().any(|x| x.addr == addr) {
-                        continue;
-                    }
-                    let h = Arc::clone(health.entry(addr).or_default());
-                    let spec = u.to_string();
-                    let target_label = format!("site {label}: upstream {spec} ({addr})");
-                    match target_index.get(&addr) {
-                        Some(&t) => {
-                            let t = &mut sites.targets[t];
-                            t.interval = t.interval.min(config.health_check_interval);
-                            t.timeout = t.timeout.min(config.timeouts.connect);
-                        }
-                        None => {
-                            target_index.insert(addr, sites.targets.len());
-                            sites.targets.push(HealthTarget {
-                                addr,
-                                health: Arc::clone(&h),
-                                interval: config.health_check_interval,
-                                timeout: config.timeouts.connect,
-                                label: target_label,
-                            });
-                        }
-                    }
-                    upstreams.push(Upstream {
-                        sni: config
-                            .upstream_sni
-                            .clone()
-                            .unwrap_or_else(|| u.host.clone()),
-                        spec,
-                        addr,
-                        health: h,
-                    });
-                }
-            }
+            let ca = site_ca(file, i, config)?;
+            let upstreams = site_upstreams(file, i, config, &label, &mut targets)?;
             for host in &config.hosts {
                 match host {
                     DomainPattern::Exact(h) => sites.exact.insert(h.clone(), i),
@@ -211,6 +151,7 @@ impl Sites {
                 next: AtomicUsize::new(0),
             });
         }
+        sites.targets = targets.list;
         Ok(sites)
     }
 
@@ -254,6 +195,118 @@ impl Sites {
         }
         None
     }
+}
+
+/// The health targets of the sites being built: one per address, with
+/// the strictest settings of the sites using it.
+struct Targets {
+    /// Every address's health, carried over from the previous snapshot.
+    health: HashMap<SocketAddr, Arc<Health>>,
+    /// Address -> its place in `list`.
+    index: HashMap<SocketAddr, usize>,
+    list: Vec<HealthTarget>,
+}
+
+impl Targets {
+    fn new(previous: Option<&Sites>) -> Targets {
+        let health = previous
+            .map(|p| {
+                p.targets
+                    .iter()
+                    .map(|t| (t.addr, Arc::clone(&t.health)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Targets {
+            health,
+            index: HashMap::new(),
+            list: Vec::new(),
+        }
+    }
+
+    /// The health of `addr`, now probed at least as often and as strictly
+    /// as `config` asks; `label` names it when it is new.
+    fn add(&mut self, addr: SocketAddr, config: &SiteConfig, label: String) -> Arc<Health> {
+        let health = Arc::clone(self.health.entry(addr).or_default());
+        match self.index.get(&addr) {
+            Some(&t) => {
+                let t = &mut self.list[t];
+                t.interval = t.interval.min(config.health_check_interval);
+                t.timeout = t.timeout.min(config.timeouts.connect);
+            }
+            None => {
+                self.index.insert(addr, self.list.len());
+                self.list.push(HealthTarget {
+                    addr,
+                    health: Arc::clone(&health),
+                    interval: config.health_check_interval,
+                    timeout: config.timeouts.connect,
+                    label,
+                });
+            }
+        }
+        health
+    }
+}
+
+/// The certificates of site `i`'s `upstream_ca`, read and checked.
+fn site_ca(
+    file: &Path,
+    i: usize,
+    config: &SiteConfig,
+) -> Result<Option<Arc<[CertificateDer<'static>]>>, ConfigError> {
+    let Some(path) = &config.upstream_ca else {
+        return Ok(None);
+    };
+    let ca = read_ca(path).map_err(|e| {
+        ConfigError::invalid(
+            file,
+            format!("site[{i}].upstream_ca"),
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    Ok(Some(Arc::from(ca.certs)))
+}
+
+/// Site `i`'s upstreams: every address each name resolves to, once.
+fn site_upstreams(
+    file: &Path,
+    i: usize,
+    config: &SiteConfig,
+    label: &str,
+    targets: &mut Targets,
+) -> Result<Vec<Upstream>, ConfigError> {
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for (j, u) in config.upstreams.iter().enumerate() {
+        let addrs = resolve_upstream(u).map_err(|e| {
+            ConfigError::invalid(
+                file,
+                format!("site[{i}].upstreams[{j}]"),
+                format!("{:?}: {e}", u.to_string()),
+            )
+        })?;
+        for addr in addrs {
+            if upstreams.iter().any(|x| x.addr == addr) {
+                continue;
+            }
+            let spec = u.to_string();
+            let health = targets.add(
+                addr,
+                config,
+                format!("site {label}: upstream {spec} ({addr})"),
+            );
+            upstreams.push(Upstream {
+                sni: config
+                    .upstream_sni
+                    .clone()
+                    .unwrap_or_else(|| u.host.clone()),
+                spec,
+                addr,
+                health,
+            });
+        }
+    }
+    Ok(upstreams)
 }
 
 fn resolve_upstream(u: &UpstreamAddr) -> Result<Vec<SocketAddr>, String> {

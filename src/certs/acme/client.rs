@@ -11,7 +11,7 @@ use bytes::Bytes;
 use instant_acme::{
     Account, AccountBuilder, AccountCredentials, AuthorizationStatus, BodyWrapper,
     CertificateIdentifier, ChallengeType, ExternalAccountKey, Identifier, NewAccount, NewOrder,
-    OrderStatus, Problem, RetryPolicy,
+    Order, OrderStatus, Problem, RetryPolicy,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -239,6 +239,29 @@ impl Drop for Answers<'_> {
     }
 }
 
+impl Answers<'_> {
+    /// Writes the answer to one challenge where the listener serves it.
+    fn write(
+        &mut self,
+        challenge: Challenge,
+        name: &str,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), AcmeError> {
+        match challenge {
+            Challenge::Http01 => {
+                self.store.write_http01(token, key_authorization)?;
+                self.tokens.push(token.to_owned());
+            }
+            Challenge::TlsAlpn01 => {
+                self.store.write_tls_alpn01(name, key_authorization)?;
+                self.names.push(name.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Orders a certificate for `name`: one authorization, answered with
 /// `challenge` from `store`; a new P-256 key; the chain once issued.
 /// `replaces` names the certificate being renewed, for a CA that offers
@@ -256,6 +279,39 @@ pub async fn order(
         new_order = new_order.replaces(id);
     }
     let mut order = step(account.new_order(&new_order)).await?;
+    let answers = answer_authorizations(&mut order, store, name, challenge).await?;
+
+    let retries = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(500))
+        .timeout(POLL_TIMEOUT);
+    let status = poll(order.poll_ready(&retries)).await?;
+    if status != OrderStatus::Ready {
+        return Err(AcmeError::Validation(
+            validation_problem(&mut order)
+                .await
+                .unwrap_or_else(|| format!("the order is {status:?}")),
+        ));
+    }
+    drop(answers);
+
+    let (key, csr) = certificate_request(name)?;
+    step(order.finalize_csr(&csr)).await?;
+    let chain_pem = poll(order.poll_certificate(&retries)).await?;
+    Ok(Issued {
+        key_pem: key.serialize_pem(),
+        chain_pem,
+        order_url: order.url().to_owned(),
+    })
+}
+
+/// Answers each pending authorization of `order` with `challenge`; the
+/// answers stay in `store` until the returned guard is dropped.
+async fn answer_authorizations<'s>(
+    order: &mut Order,
+    store: &'s Store,
+    name: &str,
+    challenge: Challenge,
+) -> Result<Answers<'s>, AcmeError> {
     let mut answers = Answers {
         store,
         tokens: Vec::new(),
@@ -265,7 +321,6 @@ pub async fn order(
         Challenge::Http01 => ChallengeType::Http01,
         Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
     };
-
     let mut authorizations = order.authorizations();
     loop {
         let next = tokio::time::timeout(STEP_TIMEOUT, authorizations.next())
@@ -286,36 +341,25 @@ pub async fn order(
             .challenge(kind.clone())
             .ok_or(AcmeError::NoChallenge(challenge.as_str()))?;
         let key_authorization = ch.key_authorization();
-        match challenge {
-            Challenge::Http01 => {
-                store.write_http01(&ch.token, key_authorization.as_str())?;
-                answers.tokens.push(ch.token.clone());
-            }
-            Challenge::TlsAlpn01 => {
-                store.write_tls_alpn01(name, key_authorization.as_str())?;
-                answers.names.push(name.to_owned());
-            }
-        }
+        answers.write(challenge, name, &ch.token, key_authorization.as_str())?;
         step(ch.set_ready()).await?;
     }
+    Ok(answers)
+}
 
-    let retries = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(500))
-        .timeout(POLL_TIMEOUT);
-    let status =
-        match tokio::time::timeout(POLL_TIMEOUT + STEP_TIMEOUT, order.poll_ready(&retries)).await {
-            Ok(result) => result?,
-            Err(_) => return Err(AcmeError::Timeout(POLL_TIMEOUT)),
-        };
-    if status != OrderStatus::Ready {
-        return Err(AcmeError::Validation(
-            validation_problem(&mut order)
-                .await
-                .unwrap_or_else(|| format!("the order is {status:?}")),
-        ));
+/// Waits for the CA to finish polling: validation, or issuance.
+async fn poll<T, E: Into<AcmeError>>(
+    future: impl Future<Output = Result<T, E>>,
+) -> Result<T, AcmeError> {
+    match tokio::time::timeout(POLL_TIMEOUT + STEP_TIMEOUT, future).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(AcmeError::Timeout(POLL_TIMEOUT)),
     }
-    drop(answers);
+}
 
+/// A new key pair and a certificate signing request (DER) for `name`
+/// alone, with an empty subject (the name is in subjectAltName).
+fn certificate_request(name: &str) -> Result<(rcgen::KeyPair, Vec<u8>), AcmeError> {
     let key = rcgen::KeyPair::generate().map_err(|e| AcmeError::Other(e.to_string()))?;
     let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])
         .map_err(|e| AcmeError::Other(e.to_string()))?;
@@ -323,26 +367,12 @@ pub async fn order(
     let csr = params
         .serialize_request(&key)
         .map_err(|e| AcmeError::Other(e.to_string()))?;
-    step(order.finalize_csr(csr.der())).await?;
-    let chain_pem = match tokio::time::timeout(
-        POLL_TIMEOUT + STEP_TIMEOUT,
-        order.poll_certificate(&retries),
-    )
-    .await
-    {
-        Ok(result) => result?,
-        Err(_) => return Err(AcmeError::Timeout(POLL_TIMEOUT)),
-    };
-    Ok(Issued {
-        key_pem: key.serialize_pem(),
-        chain_pem,
-        order_url: order.url().to_owned(),
-    })
+    Ok((key, csr.der().to_vec()))
 }
 
 /// The CA's reason a validation failed: the problem document of the
 /// challenge that failed.
-async fn validation_problem(order: &mut instant_acme::Order) -> Option<String> {
+async fn validation_problem(order: &mut Order) -> Option<String> {
     let mut authorizations = order.authorizations();
     while let Some(Ok(mut authz)) = authorizations.next().await {
         let Ok(state) = step(authz.refresh()).await else {
@@ -408,6 +438,38 @@ mod tests {
         assert_eq!(problem(&bare), "a problem document without type or detail");
         let e: AcmeError = instant_acme::Error::Api(p).into();
         assert!(e.to_string().starts_with("the CA refused: urn:ietf"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_request_names_only_the_name() {
+        use x509_parser::certification_request::X509CertificationRequest;
+        use x509_parser::extensions::{GeneralName, ParsedExtension};
+        use x509_parser::prelude::FromDer;
+
+        let (key, der) = certificate_request("shop.example.com").unwrap();
+        assert!(key
+            .serialize_pem()
+            .starts_with("-----BEGIN PRIVATE KEY-----"));
+        let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
+        assert_eq!(csr.certification_request_info.subject.iter().count(), 0);
+        let names: Vec<String> = csr
+            .requested_extensions()
+            .unwrap()
+            .filter_map(|e| match e {
+                ParsedExtension::SubjectAlternativeName(san) => Some(&san.general_names),
+                _ => None,
+            })
+            .flatten()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => (*d).to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["shop.example.com"]);
+        assert_eq!(
+            csr.certification_request_info.subject_pki.raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key)
+        );
     }
 
     #[test]

@@ -163,20 +163,9 @@ impl Renewer {
     /// Orders a certificate for `m`, unless another node holds its lease
     /// or has just done it.
     async fn renew(&mut self, acme: &Acme, store: &Store, m: &Managed, now: i64) {
-        let lease = match Lease::try_take(&store.lock_file(&m.name), &self.owner, LEASE_TTL, now) {
-            Ok(Taken::Yes(lease)) => lease,
-            Ok(Taken::HeldBy(h)) => {
-                log::debug!("acme: {}: {} is ordering", m.name, h.owner);
-                return;
-            }
-            Err(e) => {
-                if self.warned.insert(format!("lease {}", m.name)) {
-                    log::warn!("acme: {}: cannot take the lease: {e}", m.name);
-                }
-                return;
-            }
+        let Some(lease) = self.take_lease(store, &m.name, now) else {
+            return;
         };
-        self.warned.remove(&format!("lease {}", m.name));
         // Under the lease, the record on disk is the truth: another node
         // may have renewed (its file not loaded here yet) or backed off.
         let meta = match store.read_meta(&m.name) {
@@ -212,42 +201,32 @@ impl Renewer {
             );
             return;
         }
-        let mut record = meta.unwrap_or_default();
         match outcome.and_then(|issued| keep(acme, store, &m.name, issued)) {
-            Ok(kept) => {
-                METRICS.acme_orders.with_label_values(&["ok"]).inc();
-                log::info!(
-                    "acme: {}: certificate issued (serial {}, valid until {}); renewal due {}",
-                    m.name,
-                    kept.serial.as_deref().unwrap_or(""),
-                    clock::rfc3339(kept.not_after.unwrap_or(0)),
-                    clock::rfc3339(kept.renew_at.unwrap_or(0)),
-                );
-            }
-            Err(e) => {
-                METRICS.acme_orders.with_label_values(&["error"]).inc();
-                let text = e.to_string();
-                let wait =
-                    schedule::after_failure(&mut record, text.clone(), now, super::random_u64());
-                let served = match &m.current {
-                    Some(c) => format!(
-                        "the current certificate (valid until {}) keeps serving",
-                        clock::rfc3339(c.facts.not_after)
-                    ),
-                    None => "no certificate to serve yet".to_owned(),
-                };
-                log::warn!(
-                    "acme: {}: order failed ({} in a row): {text}; {served}; next attempt in {}",
-                    m.name,
-                    record.failures,
-                    humantime::format_duration(wait)
-                );
-                if let Err(e) = store.write_meta(&m.name, &record) {
-                    log::warn!("acme: {}: cannot record the failure: {e}", m.name);
-                }
-            }
+            Ok(kept) => report_issued(&m.name, &kept),
+            Err(e) => record_failure(store, m, meta.unwrap_or_default(), &e, now),
         }
         drop(lease);
+    }
+
+    /// The lease on `name`, unless another node holds it or it cannot be
+    /// taken (said once, until it can again).
+    fn take_lease(&mut self, store: &Store, name: &str, now: i64) -> Option<Lease> {
+        match Lease::try_take(&store.lock_file(name), &self.owner, LEASE_TTL, now) {
+            Ok(Taken::Yes(lease)) => {
+                self.warned.remove(&format!("lease {name}"));
+                Some(lease)
+            }
+            Ok(Taken::HeldBy(h)) => {
+                log::debug!("acme: {name}: {} is ordering", h.owner);
+                None
+            }
+            Err(e) => {
+                if self.warned.insert(format!("lease {name}")) {
+                    log::warn!("acme: {name}: cannot take the lease: {e}");
+                }
+                None
+            }
+        }
     }
 
     async fn order(
@@ -308,35 +287,9 @@ impl Renewer {
                 );
                 self.no_ari.insert(acme.directory.clone());
             }
-            Ok(Some((start, end, retry_after))) => {
+            Ok(Some(window)) => {
                 self.ari_retry.remove(name);
-                let Ok(meta) = store.read_meta(name) else {
-                    return;
-                };
-                let mut record = match meta {
-                    Some(m) if m.serial.as_deref() == Some(served.facts.serial.as_str()) => m,
-                    _ => return, // not the record of this certificate
-                };
-                let before = record.renew_at;
-                schedule::apply_window(
-                    &mut record,
-                    start,
-                    end,
-                    retry_after,
-                    now,
-                    super::random_u64(),
-                );
-                if record.renew_at != before {
-                    log::info!(
-                        "acme: {name}: the CA suggests renewing between {} and {}; renewal due {}",
-                        clock::rfc3339(start),
-                        clock::rfc3339(end),
-                        clock::rfc3339(record.renew_at.unwrap_or(start))
-                    );
-                }
-                if let Err(e) = store.write_meta(name, &record) {
-                    log::warn!("acme: {name}: cannot record the renewal window: {e}");
-                }
+                record_window(store, name, served, window, now);
             }
             Err(e) => {
                 let retry = now + i64::try_from(schedule::ARI_RECHECK_MIN.as_secs()).unwrap_or(600);
@@ -346,6 +299,81 @@ impl Renewer {
             }
         }
         drop(lease);
+    }
+}
+
+/// Says that a certificate for `name` was issued and stored.
+fn report_issued(name: &str, kept: &Meta) {
+    METRICS.acme_orders.with_label_values(&["ok"]).inc();
+    log::info!(
+        "acme: {}: certificate issued (serial {}, valid until {}); renewal due {}",
+        name,
+        kept.serial.as_deref().unwrap_or(""),
+        clock::rfc3339(kept.not_after.unwrap_or(0)),
+        clock::rfc3339(kept.renew_at.unwrap_or(0)),
+    );
+}
+
+/// Records a failed order in `m`'s record, with the backoff the whole
+/// fleet waits out.
+fn record_failure(store: &Store, m: &Managed, mut record: Meta, e: &AcmeError, now: i64) {
+    METRICS.acme_orders.with_label_values(&["error"]).inc();
+    let text = e.to_string();
+    let wait = schedule::after_failure(&mut record, text.clone(), now, super::random_u64());
+    let served = match &m.current {
+        Some(c) => format!(
+            "the current certificate (valid until {}) keeps serving",
+            clock::rfc3339(c.facts.not_after)
+        ),
+        None => "no certificate to serve yet".to_owned(),
+    };
+    log::warn!(
+        "acme: {}: order failed ({} in a row): {text}; {served}; next attempt in {}",
+        m.name,
+        record.failures,
+        humantime::format_duration(wait)
+    );
+    if let Err(e) = store.write_meta(&m.name, &record) {
+        log::warn!("acme: {}: cannot record the failure: {e}", m.name);
+    }
+}
+
+/// Records the CA's renewal window (start, end, Unix seconds; when to ask
+/// again) in the record of the certificate served for `name`, if the
+/// record is that certificate's.
+fn record_window(
+    store: &Store,
+    name: &str,
+    served: &Served,
+    (start, end, retry_after): (i64, i64, Duration),
+    now: i64,
+) {
+    let Ok(meta) = store.read_meta(name) else {
+        return;
+    };
+    let mut record = match meta {
+        Some(m) if m.serial.as_deref() == Some(served.facts.serial.as_str()) => m,
+        _ => return, // not the record of this certificate
+    };
+    let before = record.renew_at;
+    schedule::apply_window(
+        &mut record,
+        start,
+        end,
+        retry_after,
+        now,
+        super::random_u64(),
+    );
+    if record.renew_at != before {
+        log::info!(
+            "acme: {name}: the CA suggests renewing between {} and {}; renewal due {}",
+            clock::rfc3339(start),
+            clock::rfc3339(end),
+            clock::rfc3339(record.renew_at.unwrap_or(start))
+        );
+    }
+    if let Err(e) = store.write_meta(name, &record) {
+        log::warn!("acme: {name}: cannot record the renewal window: {e}");
     }
 }
 

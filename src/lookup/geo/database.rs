@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use maxminddb::{MaxMindDbError, Reader};
+use maxminddb::{MaxMindDbError, Metadata, Reader};
 use quick_cache::sync::Cache;
 
 use super::cache::CachedRecord;
@@ -103,17 +103,8 @@ impl Database {
             path: path.to_owned(),
             reason,
         };
-        if bytes.is_empty() {
-            return Err(invalid("empty file".into()));
-        }
-        let tail = &bytes[bytes.len().saturating_sub(METADATA_MAX_LEN)..];
-        if !tail
-            .windows(METADATA_MARKER.len())
-            .any(|w| w == METADATA_MARKER)
-        {
-            return Err(invalid(
-                "not a MaxMind DB file (metadata marker not found)".into(),
-            ));
+        if let Some(reason) = not_maxmind(&bytes) {
+            return Err(invalid(reason.into()));
         }
         // from_source checks the metadata (format version 2, ip_version 4 or
         // 6, node_count > 0, record_size 24/28/32) and that the search tree
@@ -121,32 +112,12 @@ impl Database {
         let bytes = Bytes::from(bytes);
         let reader = Reader::from_source(bytes.clone())
             .map_err(|e| invalid(format!("not a valid MaxMind DB file: {e}")))?;
-        let metadata = reader.metadata();
-        let shape = match shape_from_type(&metadata.database_type) {
-            Some(shape) => shape,
-            None => shape_from_records(&reader)
-                .map_err(|e| invalid(format!("corrupt record: {e}")))?
-                .ok_or_else(|| GeoError::UnknownShape {
-                    path: path.to_owned(),
-                    database_type: metadata.database_type.clone(),
-                })?,
-        };
-        let info = DatabaseInfo {
-            path: path.to_owned(),
-            name: path
-                .file_stem()
-                .map(|stem| stem.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            shape,
-            database_type: metadata.database_type.clone(),
-            build_epoch: metadata.build_epoch,
-            ip_version: metadata.ip_version,
-            node_count: metadata.node_count,
-        };
+        let shape = shape_of(path, &reader)?;
+        let info = DatabaseInfo::of(path, reader.metadata(), shape);
         let has_ipv4 =
             has_ipv4_data(&reader).map_err(|e| invalid(format!("probe lookup failed: {e}")))?;
         let database = Database {
-            ip_version: metadata.ip_version,
+            ip_version: info.ip_version,
             reader,
             bytes,
             shape,
@@ -195,6 +166,57 @@ impl Database {
     }
 }
 
+impl DatabaseInfo {
+    fn of(path: &Path, metadata: &Metadata, shape: Shape) -> DatabaseInfo {
+        DatabaseInfo {
+            path: path.to_owned(),
+            name: path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            shape,
+            database_type: metadata.database_type.clone(),
+            build_epoch: metadata.build_epoch,
+            ip_version: metadata.ip_version,
+            node_count: metadata.node_count,
+        }
+    }
+}
+
+/// Why `bytes` cannot be a MaxMind DB file, found without parsing it: the
+/// metadata marker must be within the last 128 KiB.
+fn not_maxmind(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.is_empty() {
+        return Some("empty file");
+    }
+    let tail = &bytes[bytes.len().saturating_sub(METADATA_MAX_LEN)..];
+    if !tail
+        .windows(METADATA_MARKER.len())
+        .any(|w| w == METADATA_MARKER)
+    {
+        return Some("not a MaxMind DB file (metadata marker not found)");
+    }
+    None
+}
+
+/// How the records are laid out: from `database_type` when it is a known
+/// one, else from the records themselves.
+fn shape_of(path: &Path, reader: &Reader<Bytes>) -> Result<Shape, GeoError> {
+    let database_type = &reader.metadata().database_type;
+    if let Some(shape) = shape_from_type(database_type) {
+        return Ok(shape);
+    }
+    shape_from_records(reader)
+        .map_err(|e| GeoError::Invalid {
+            path: path.to_owned(),
+            reason: format!("corrupt record: {e}"),
+        })?
+        .ok_or_else(|| GeoError::UnknownShape {
+            path: path.to_owned(),
+            database_type: database_type.clone(),
+        })
+}
+
 /// Whether any IPv4 address can have a record: the empty network that
 /// holds `0.0.0.0` is not all of IPv4 (`0.0.0.0/0`, or `::/96` or wider in
 /// an IPv6 tree). Conservative: any data, or any split of the IPv4 space,
@@ -210,4 +232,26 @@ fn has_ipv4_data(reader: &Reader<Bytes>) -> Result<bool, MaxMindDbError> {
     } else {
         network.prefix() > 96
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_must_be_in_the_last_128_kib() {
+        assert_eq!(not_maxmind(b""), Some("empty file"));
+        let mut bytes = METADATA_MARKER.to_vec();
+        bytes.resize(METADATA_MAX_LEN, 0);
+        assert_eq!(
+            not_maxmind(&bytes),
+            None,
+            "the marker opens the last 128 KiB"
+        );
+        bytes.push(0);
+        assert_eq!(
+            not_maxmind(&bytes),
+            Some("not a MaxMind DB file (metadata marker not found)")
+        );
+    }
 }
