@@ -60,13 +60,14 @@ pub struct LoadedCertificate {
     pub serial: String,
 }
 
-/// Where a served certificate comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertSource {
-    /// A `[tls] certificates` pair.
-    File,
-    /// Ordered over ACME and kept in `acme.state_dir`.
-    Acme,
+label_enum! {
+    /// Where a served certificate comes from (the dashboard's `source`).
+    pub enum CertSource {
+        /// A `[tls] certificates` pair.
+        File => "file",
+        /// Ordered over ACME and kept in `acme.state_dir`.
+        Acme => "acme",
+    }
 }
 
 /// The configured certificates, indexed for SNI selection.

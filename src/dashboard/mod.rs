@@ -178,7 +178,7 @@ impl CertificateStatus {
     fn of(c: &LoadedCertificate, now: i64) -> CertificateStatus {
         CertificateStatus {
             names: c.names.clone(),
-            source: "file",
+            source: c.source.as_label(),
             file: c.files.cert.display().to_string(),
             expires_at: clock::rfc3339(c.not_after),
             days_left: (c.not_after - now).div_euclid(DAY),
