@@ -553,3 +553,45 @@ fn hostile_requests_get_4xx_and_never_5xx() {
     assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
     assert!(!s.logs().contains("panicked"), "{}", s.logs());
 }
+
+/// A request Pingora's HTTP/1 parser rejects never reaches visitord's code
+/// (pingora-proxy 0.9.1 answers it in `handle_new_request`): it gets
+/// Pingora's fixed, empty `400`, exactly as README's error table and
+/// docs/hardening.md describe it, and the connection is closed.
+#[test]
+fn unparsable_requests_get_pingoras_empty_400_as_documented() {
+    let s = Server::start();
+    for raw in [
+        &b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\x01b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n",
+    ] {
+        let out = raw_tls(s.https, &s.ca, None, raw, Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&out);
+        eprintln!("{text:?}");
+        assert_eq!(raw_status(&out), Some(400), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut names: Vec<String> = head
+            .lines()
+            .skip(1)
+            .map(|l| l.split(':').next().unwrap().to_ascii_lowercase())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "cache-control",
+                "connection",
+                "content-length",
+                "date",
+                "server"
+            ],
+            "{text}"
+        );
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("\r\nserver: pingora"), "{text}");
+        assert!(lower.contains("\r\ncontent-length: 0"), "{text}");
+        assert!(body.is_empty(), "{text}");
+    }
+    assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+}
