@@ -260,9 +260,7 @@ impl Config {
             api,
             geo,
             client_ip: ClientIpConfig {
-                trusted_proxies: TrustedProxies::new(
-                    raw.client_ip.trusted_proxies.iter().map(|n| n.0),
-                ),
+                trusted_proxies: TrustedProxies::new(raw.client_ip.trusted_proxies),
             },
             metrics,
             user_agent: UserAgent {
@@ -322,7 +320,7 @@ fn metrics(
     }
     Ok(Metrics {
         addr: raw.addr,
-        allow: AllowList::new(raw.allow.iter().map(|n| n.0)),
+        allow: AllowList::new(raw.allow),
         token_file,
     })
 }

@@ -306,8 +306,8 @@ pub(super) struct RawGeo {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClientIp {
-    #[serde(default)]
-    pub(super) trusted_proxies: Vec<Network>,
+    #[serde(default, deserialize_with = "networks")]
+    pub(super) trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,8 +317,8 @@ pub(super) struct RawMetrics {
     pub(super) enabled: bool,
     #[serde(default = "default_metrics_addr")]
     pub(super) addr: SocketAddr,
-    #[serde(default)]
-    pub(super) allow: Vec<Network>,
+    #[serde(default, deserialize_with = "networks")]
+    pub(super) allow: Vec<IpNet>,
     /// `""` is the same as no token.
     #[serde(default)]
     pub(super) token_file: Option<PathBuf>,
@@ -418,7 +418,7 @@ fn default_health_check_interval() -> Duration {
 /// address for itself alone (`/32` or `/128`). A bad value says which half
 /// is wrong rather than the address parser's "invalid IP address syntax".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Network(pub(super) IpNet);
+struct Network(IpNet);
 
 impl std::str::FromStr for Network {
     type Err = String;
@@ -454,6 +454,12 @@ impl<'de> Deserialize<'de> for Network {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// A list of [`Network`]s.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let list = Vec::<Network>::deserialize(d)?;
+    Ok(list.into_iter().map(|n| n.0).collect())
 }
 
 /// What to do with a visitor whose country the databases do not know.

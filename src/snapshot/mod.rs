@@ -147,10 +147,7 @@ impl Snapshot {
         generation: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, LoadError> {
-        let projects = Projects::load(&config.api.projects).map_err(|e| match e {
-            ConfigError::Read { .. } => LoadError::Projects(e).named_by(&config, "api.projects"),
-            ConfigError::Invalid { .. } => LoadError::Projects(e),
-        })?;
+        let projects = load_projects(&config)?;
         let sites = Sites::build(&config.file, &config.sites, previous.map(|p| &p.sites))?;
         let peers = Peers::build(&sites);
         let mut certificates = match &config.tls {
@@ -163,13 +160,7 @@ impl Snapshot {
             Some(a) => Some(load_acme(&config, a, &mut certificates)?),
             None => None,
         };
-        let geo = GeoDb::open(&config.geo.databases).map_err(|e| {
-            let i = config.geo.databases.iter().position(|p| p == e.path());
-            let key = i.map_or("geo.databases".to_owned(), |i| {
-                format!("geo.databases[{i}]")
-            });
-            LoadError::from(e).named_by(&config, key)
-        })?;
+        let geo = open_geo(&config)?;
         let agents_stamp = config.user_agent.regexes.as_deref().and_then(FileStamp::of);
         let reusable = previous.filter(|p| {
             p.config.user_agent.regexes == config.user_agent.regexes
@@ -177,10 +168,7 @@ impl Snapshot {
         });
         let agents = match (reusable, &config.user_agent.regexes) {
             (Some(p), _) => p.agents.clone(),
-            (None, Some(path)) => Arc::new(
-                AgentParser::from_file(path)
-                    .map_err(|e| LoadError::from(e).named_by(&config, "user_agent.regexes"))?,
-            ),
+            (None, Some(path)) => Arc::new(load_agents(&config, path)?),
             (None, None) => Arc::new(AgentParser::builtin()?),
         };
         let shared_store = match &config.limits.shared_store {
@@ -271,6 +259,32 @@ fn read_metrics_token(config: &Config) -> Result<Option<MetricsToken>, ConfigErr
             format!("{}: {e}", path.display()),
         )
     })
+}
+
+/// The projects file; one that cannot be read is `api.projects`'s error
+/// (one that can is named by its own keys).
+fn load_projects(config: &Config) -> Result<Projects, LoadError> {
+    Projects::load(&config.api.projects).map_err(|e| match e {
+        ConfigError::Read { .. } => LoadError::Projects(e).named_by(config, "api.projects"),
+        ConfigError::Invalid { .. } => LoadError::Projects(e),
+    })
+}
+
+/// The databases; a refused one is named by its `geo.databases[i]`.
+fn open_geo(config: &Config) -> Result<GeoDb, LoadError> {
+    GeoDb::open(&config.geo.databases).map_err(|e| {
+        let i = config.geo.databases.iter().position(|p| p == e.path());
+        let key = i.map_or("geo.databases".to_owned(), |i| {
+            format!("geo.databases[{i}]")
+        });
+        LoadError::from(e).named_by(config, key)
+    })
+}
+
+/// The user-agent rules of `user_agent.regexes`.
+fn load_agents(config: &Config, path: &Path) -> Result<AgentParser, LoadError> {
+    AgentParser::from_file(path)
+        .map_err(|e| LoadError::from(e).named_by(config, "user_agent.regexes"))
 }
 
 /// A `[tls] certificates` pair refused, under the key naming the file it is
