@@ -732,6 +732,19 @@ addr = "127.0.0.1:9180"
     }
 
     #[test]
+    fn metrics_allow_takes_a_bare_address_too() {
+        let c = parse(&format!("{GOOD}allow = [\"10.0.0.1\"]\n")).unwrap();
+        let m = c.metrics.unwrap();
+        assert!(m.allow.contains("10.0.0.1".parse().unwrap()));
+        assert!(!m.allow.contains("10.0.0.2".parse().unwrap()));
+        let e = error(&format!("{GOOD}allow = [\"10.0.0.0/33\"]\n"));
+        assert!(
+            e.contains("metrics.allow[0]: \"10.0.0.0/33\": prefix length"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_networks_say_which_half_is_wrong() {
         for (value, reason) in [
             (
