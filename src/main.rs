@@ -53,6 +53,8 @@ enum Command {
     Check(ConfigArg),
     /// Print the `data` object the API would answer for IP.
     Lookup {
+        /// The IPv4 or IPv6 address to look up (an IPv4-mapped IPv6
+        /// address counts as its IPv4 address).
         ip: IpAddr,
         /// A User-Agent string to parse along with the address.
         #[arg(long)]
@@ -98,10 +100,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("visitord: {e:#}");
+            eprintln!("visitord: {}", reason(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and each of its sources, once: most of visitord's messages
+/// already end with their source's text (`cannot read: <os error>`), and
+/// anyhow's `{:#}` would print it a second time.
+fn reason(error: &anyhow::Error) -> String {
+    let mut out = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// A panic in any thread aborts the whole process, so that systemd restarts

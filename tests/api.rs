@@ -450,3 +450,111 @@ fn hsts_is_tls_only_and_can_be_turned_off() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.header("strict-transport-security").is_none());
 }
+
+/// Every kind of answer visitord writes itself over TLS carries HSTS and
+/// `nosniff`, refusals and the head watch's HTTP/1.1 431 included (a
+/// site's 5xx: `tests/sites.rs`). Plain HTTP never carries HSTS (RFC 6797
+/// §7.2), its 308 included.
+#[test]
+fn every_answer_over_tls_has_hsts_and_nosniff() {
+    let s = Server::with(Options {
+        extra: "\n[limits]\nrequests_per_minute_per_ip = 20\n".into(),
+        ..Options::default()
+    });
+    let get = |target: &str, more: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{more}Connection: close\r\n\r\n")
+    };
+    let origin = "Origin: https://example.com\r\n";
+    let huge = format!("X-Big: {}\r\n", "a".repeat(40_000));
+    let cases: Vec<(u16, String)> = vec![
+        (200, get("/api/?pid=demo", origin)),
+        (200, get("/healthz", "")),
+        (200, get("/readyz", "")),
+        (
+            204,
+            format!(
+                "OPTIONS /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\n{origin}\
+                 Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n"
+            ),
+        ),
+        (400, get("/api/", origin)),
+        (
+            400,
+            "GET /api/?pid=demo HTTP/1.1\r\nHost: .bad\r\nConnection: close\r\n\r\n".into(),
+        ),
+        (403, get("/api/?pid=demo", "Origin: https://evil.example\r\n")),
+        (404, get("/nowhere", "")),
+        (
+            405,
+            format!(
+                "DELETE /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\n{origin}Connection: close\r\n\r\n"
+            ),
+        ),
+        (
+            413,
+            format!(
+                "POST /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\n{origin}Content-Length: 1\r\n\r\nx"
+            ),
+        ),
+        (
+            414,
+            get(&format!("/api/?pid=demo&x={}", "a".repeat(3000)), origin),
+        ),
+        (431, get("/api/?pid=demo", &huge)),
+    ];
+    let hsts = "\r\nstrict-transport-security: max-age=63072000\r\n";
+    let check = |status: u16, raw: &[u8], what: &str| {
+        let text = String::from_utf8_lossy(raw).to_ascii_lowercase();
+        assert_eq!(common::raw_status(raw), Some(status), "{what}: {text}");
+        let head = text.split("\r\n\r\n").next().unwrap();
+        let head = format!("{head}\r\n");
+        assert!(head.contains(hsts), "{what}: no HSTS: {head}");
+        assert!(
+            head.contains("\r\nx-content-type-options: nosniff\r\n"),
+            "{what}: no nosniff: {head}"
+        );
+    };
+    for (status, request) in &cases {
+        let raw = common::raw_tls(
+            s.https,
+            &s.ca,
+            None,
+            request.as_bytes(),
+            std::time::Duration::from_secs(5),
+        );
+        check(*status, &raw, request.lines().next().unwrap());
+    }
+    // Over the per-client limit (20 a minute; the requests above count).
+    let mut limited = false;
+    for _ in 0..25 {
+        let raw = common::raw_tls(
+            s.https,
+            &s.ca,
+            None,
+            get("/api/?pid=demo", origin).as_bytes(),
+            std::time::Duration::from_secs(5),
+        );
+        if common::raw_status(&raw) == Some(429) {
+            check(429, &raw, "429");
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "never limited");
+    // HTTP/2 answers carry the same headers (this client is limited now,
+    // so a path the limit does not count).
+    let r = s.client().get(s.url("/nowhere")).send().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=63072000");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+
+    let plain = s
+        .client()
+        .get(format!("http://{}/api/?pid=demo", s.http))
+        .send()
+        .unwrap();
+    assert_eq!(plain.status(), 308);
+    assert!(plain.headers().get("strict-transport-security").is_none());
+    assert_eq!(plain.headers()["x-content-type-options"], "nosniff");
+}

@@ -112,11 +112,11 @@ fn check_accepts_the_shipped_example() {
 #[test]
 fn check_refuses_bad_inputs_naming_file_and_key() {
     type Breaker = fn(&std::path::Path);
-    let cases: &[(&str, Breaker, &str)] = &[
+    let cases: &[(&str, Breaker, &[&str])] = &[
         (
             "unknown key",
             |d| append(d, "visitord.toml", "\n[geo2]\nx = 1\n"),
-            "visitord.toml: geo2: unknown field `geo2`",
+            &["visitord.toml: geo2: unknown field `geo2`"],
         ),
         (
             "bad domain",
@@ -127,17 +127,23 @@ fn check_refuses_bad_inputs_naming_file_and_key() {
                 )
                 .unwrap()
             },
-            "projects.toml: project[0].domains[1]",
+            &["projects.toml: project[0].domains[1]: \"*.\""],
         ),
         (
             "missing database",
             |d| std::fs::remove_file(d.join("fixture.mmdb")).unwrap(),
-            "fixture.mmdb",
+            &[
+                "visitord.toml: geo.databases[0]: ",
+                "fixture.mmdb: cannot read file: No such file or directory",
+            ],
         ),
         (
             "garbage database",
             |d| std::fs::write(d.join("fixture.mmdb"), b"not a database").unwrap(),
-            "fixture.mmdb",
+            &[
+                "visitord.toml: geo.databases[0]: ",
+                "fixture.mmdb: not a MaxMind DB file",
+            ],
         ),
         (
             "key of another certificate",
@@ -145,24 +151,61 @@ fn check_refuses_bad_inputs_naming_file_and_key() {
                 TestCa::new().leaf(&d.join("tls"), "other", &["localhost"]);
                 std::fs::rename(d.join("tls/other.key"), d.join("tls/server.key")).unwrap();
             },
-            "server.key: does not",
+            &[
+                "visitord.toml: tls.certificates[0].key: ",
+                "server.key: does not fit certificate ",
+            ],
         ),
         (
             "missing certificate",
             |d| std::fs::remove_file(d.join("tls/server.crt")).unwrap(),
-            "server.crt: cannot read",
+            &[
+                "visitord.toml: tls.certificates[0].cert: ",
+                "server.crt: cannot read: No such file or directory",
+            ],
         ),
         (
             "broken user agent rules",
             |d| {
-                std::fs::write(d.join("ua.yaml"), "user_agent_parsers: [{regex: '('}]\n").unwrap();
+                std::fs::write(
+                    d.join("ua.yaml"),
+                    "user_agent_parsers: [{regex: '('}]\nos_parsers: []\ndevice_parsers: []\n",
+                )
+                .unwrap();
                 append(
                     d,
                     "visitord.toml",
                     "\n[user_agent]\nregexes = \"ua.yaml\"\n",
                 );
             },
-            "ua.yaml",
+            &[
+                "visitord.toml: user_agent.regexes: ",
+                "ua.yaml: user_agent_parsers[0]: ",
+                "unclosed group",
+            ],
+        ),
+        (
+            "missing projects file",
+            |d| std::fs::remove_file(d.join("projects.toml")).unwrap(),
+            &[
+                "visitord.toml: api.projects: ",
+                "projects.toml: cannot read: No such file or directory",
+            ],
+        ),
+        (
+            "missing ACME directory CA",
+            |d| {
+                append(
+                    d,
+                    "visitord.toml",
+                    "\n[acme]\nemail = \"a@example.com\"\ndomains = [\"a.example.com\"]\n\
+                     state_dir = \"acme\"\ndirectory_ca = \"ca.pem\"\n",
+                )
+            },
+            &[
+                "visitord.toml: acme.directory_ca: ",
+                "ca.pem: cannot read: No such file or directory",
+            ],
         ),
     ];
     for (name, breaker, expected) in cases {
@@ -170,7 +213,9 @@ fn check_refuses_bad_inputs_naming_file_and_key() {
         breaker(dir.path());
         let (ok, _, err) = run_cli(&["check", "--config", config.to_str().unwrap()]);
         assert!(!ok, "{name}: accepted");
-        assert!(err.contains(expected), "{name}: {err}");
+        for part in *expected {
+            assert!(err.contains(part), "{name}: {part:?} not in {err}");
+        }
         assert!(err.starts_with("visitord: "), "{name}: {err}");
     }
 }
@@ -247,6 +292,7 @@ fn run_refuses_a_busy_port_and_exits() {
         err.contains(&format!("listen[0].addr: cannot listen on {https}")),
         "{err}"
     );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
 }
 
 #[test]
@@ -270,4 +316,143 @@ fn run_refuses_a_bad_certificate_and_exits() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("server.crt: no CERTIFICATE block"), "{err}");
+}
+
+/// An error's reason is printed once, not once per layer that carries it.
+#[test]
+fn reasons_are_printed_once() {
+    let (dir, config) = prepared(&Options::default());
+    std::fs::remove_file(dir.path().join("tls/server.crt")).unwrap();
+    let (ok, _, err) = run_cli(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// Every argument and option of every subcommand says what it is for.
+#[test]
+fn every_argument_has_a_description() {
+    let (ok, top, err) = run_cli(&["--help"]);
+    assert!(ok, "{err}");
+    let commands: Vec<String> = section(&top, "Commands:")
+        .iter()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 5, "{top}");
+    for command in &commands {
+        let (ok, help, err) = run_cli(&[command, "--help"]);
+        assert!(ok, "{command}: {err}");
+        let mut entries = section(&help, "Options:");
+        entries.extend(section(&help, "Arguments:"));
+        assert!(!entries.is_empty(), "{command}: {help}");
+        for entry in entries {
+            // `  <IP>  The address…` / `  -c, --config <CONFIG>  The main…`:
+            // the name, two spaces or more, then a description.
+            let described = entry
+                .trim_start()
+                .split_once("  ")
+                .is_some_and(|(_, text)| !text.trim().is_empty());
+            assert!(described, "{command}: no description: {entry:?}\n{help}");
+        }
+    }
+    let (_, lookup, _) = run_cli(&["lookup", "--help"]);
+    assert!(
+        section(&lookup, "Arguments:")[0].contains("<IP>"),
+        "{lookup}"
+    );
+}
+
+/// The entry lines of a help section (continuation lines left out).
+fn section<'a>(help: &'a str, title: &str) -> Vec<&'a str> {
+    help.lines()
+        .skip_while(|l| *l != title)
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter(|l| {
+            let t = l.trim_start();
+            l.len() - t.len() <= 6 && !t.is_empty()
+        })
+        .collect()
+}
+
+/// The install steps of docs/operations.md and of the unit's comment, run
+/// as written in a scratch root (`/etc`, `/var` and `/usr/local` moved
+/// under it), end with a configuration `check` accepts. Left out: building,
+/// installing the binary and the unit, `systemctl`; the one documented
+/// hand edit, the certificate, is a pair written where the file points.
+#[test]
+fn the_documented_install_steps_pass_check() {
+    let root_dir = env!("CARGO_MANIFEST_DIR");
+    let docs = std::fs::read_to_string(format!("{root_dir}/docs/operations.md")).unwrap();
+    let from_docs: Vec<String> = docs
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("cp -r conf/"))
+        .expect("no install block in docs/operations.md")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let unit = std::fs::read_to_string(format!("{root_dir}/systemd/visitord.service")).unwrap();
+    let from_unit: Vec<String> = unit
+        .lines()
+        .skip_while(|l| *l != "# Install:")
+        .skip(1)
+        .map_while(|l| l.strip_prefix("#   "))
+        .map(str::to_owned)
+        .collect();
+    for (what, steps) in [("docs/operations.md", from_docs), ("the unit", from_unit)] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().to_str().unwrap();
+        let mut checked = false;
+        for step in &steps {
+            let step = step.split(" # ").next().unwrap().trim();
+            let skipped = [
+                "scripts/run",
+                "systemctl",
+                "target/release",
+                "systemd/",
+                "(",
+            ];
+            if step.is_empty() || step.starts_with('#') || skipped.iter().any(|s| step.contains(s))
+            {
+                continue;
+            }
+            let step = ["/etc/", "/var/", "/usr/local/"]
+                .iter()
+                .fold(step.to_owned(), |s, dir| {
+                    s.replace(dir, &format!("{root}{dir}"))
+                });
+            if let Some(args) = step.strip_prefix("visitord ") {
+                let config = format!("{root}/etc/visitord/visitord.toml");
+                let text = std::fs::read_to_string(&config).unwrap();
+                let cert = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("certificates = [{ cert = \""))
+                    .and_then(|l| l.split('"').next())
+                    .unwrap();
+                let tls = std::path::Path::new(&config).parent().unwrap().join(cert);
+                let name = tls.file_stem().unwrap().to_str().unwrap().to_owned();
+                std::fs::create_dir_all(tls.parent().unwrap()).unwrap();
+                TestCa::new().leaf(tls.parent().unwrap(), &name, &["localhost"]);
+                let args: Vec<&str> = args.split_whitespace().collect();
+                let (ok, out, err) = run_cli(&args);
+                assert!(ok, "{what}: `{step}` failed: {err}");
+                assert!(out.contains(": ok: "), "{what}: {out}");
+                checked = true;
+                continue;
+            }
+            let out = Command::new("sh")
+                .args(["-c", &step])
+                .current_dir(root_dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{what}: `{step}`: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(checked, "{what}: no `visitord check` step");
+    }
 }

@@ -553,3 +553,56 @@ fn hostile_requests_get_4xx_and_never_5xx() {
     assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
     assert!(!s.logs().contains("panicked"), "{}", s.logs());
 }
+
+/// A request Pingora's HTTP/1 parser rejects never reaches visitord's
+/// request code (pingora-proxy 0.9.1 answers it in `handle_new_request`);
+/// the connection wrapper writes visitord's JSON `400` in place of
+/// Pingora's empty one, with the headers every answer has, as README's
+/// error table says, and the connection is closed.
+#[test]
+fn unparsable_requests_get_the_json_400() {
+    let s = Server::start();
+    for raw in [
+        &b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\x01b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+    ] {
+        let out = raw_tls(s.https, &s.ca, None, raw, Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(raw_status(&out), Some(400), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let head = format!("{}\r\n", head.to_ascii_lowercase());
+        for line in [
+            "content-type: application/json",
+            "cache-control: no-store",
+            "x-content-type-options: nosniff",
+            "strict-transport-security: max-age=63072000",
+            "connection: close",
+        ] {
+            assert!(head.contains(&format!("\r\n{line}\r\n")), "{line}: {text}");
+        }
+        assert!(!head.contains("server:"), "{text}");
+        assert_eq!(
+            body, r#"{"status":400,"result":"malformed request","data":null}"#,
+            "{text}"
+        );
+    }
+    // The plain listener (no HSTS there).
+    let mut tcp = std::net::TcpStream::connect(s.http).unwrap();
+    let (status, head, body) = common::http_exchange(
+        &mut tcp,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff"),
+        "{head}"
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("malformed request"),
+        "{head}"
+    );
+    assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+}

@@ -508,3 +508,95 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         assert!(!labels.contains("127.0.0.1\""), "{labels}");
     }
 }
+
+/// The metrics reference in docs/operations.md names every family
+/// visitord exports (the scrape, and the table `Metrics::FAMILIES` it is
+/// made from) and every value of their bounded labels.
+#[test]
+fn every_exported_family_and_label_value_is_documented() {
+    use visitord::observe::metrics::{Metrics, RouteLabel};
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let row = |family: &str| -> String {
+        docs.lines()
+            .find(|l| l.starts_with(&format!("| `{family}` |")))
+            .unwrap_or_else(|| panic!("{family} is not in the metrics table of docs/operations.md"))
+            .to_owned()
+    };
+    for family in Metrics::FAMILIES {
+        row(family);
+    }
+    let s = Server::start();
+    let _ = s.api("?pid=demo", &[("Origin", "https://example.com")]);
+    let scraped: BTreeSet<String> = s
+        .metrics_text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    assert!(scraped.len() >= 10, "{scraped:?}");
+    for family in &scraped {
+        assert!(
+            Metrics::FAMILIES.contains(&family.as_str()),
+            "{family} is exported but not in Metrics::FAMILIES"
+        );
+        row(family);
+    }
+    let labels = |all: Vec<&'static str>| all;
+    let values: [(&str, Vec<&str>); 7] = [
+        (
+            "visitord_requests_total",
+            labels(RouteLabel::ALL.iter().map(|r| r.as_label()).collect()),
+        ),
+        (
+            "visitord_rate_limited_total",
+            visitord::limits::Exceeded::ALL
+                .iter()
+                .map(|r| r.as_label())
+                .collect(),
+        ),
+        (
+            "visitord_origin_rejections_total",
+            visitord::origin::DenyReason::ALL
+                .iter()
+                .map(|r| r.as_label())
+                .collect(),
+        ),
+        (
+            "visitord_refusals_total",
+            visitord::observe::verdict::RefusalKind::ALL
+                .iter()
+                .map(|r| r.as_label())
+                .collect(),
+        ),
+        (
+            "visitord_closed_connections_total",
+            vec!["handshake_timeout", "head_timeout", "head_too_large"],
+        ),
+        (
+            "visitord_reloads_total",
+            vec![
+                "snapshot",
+                "config",
+                "projects",
+                "geo",
+                "tls",
+                "user_agent",
+                "acme",
+                "ok",
+                "error",
+            ],
+        ),
+        ("visitord_site_requests_total", vec!["1xx", "5xx", "none"]),
+    ];
+    for (family, values) in values {
+        let row = row(family);
+        for value in values {
+            assert!(
+                row.contains(&format!("`{value}`")),
+                "{family}: `{value}` not in {row}"
+            );
+        }
+    }
+}

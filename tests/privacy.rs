@@ -157,6 +157,66 @@ fn nothing_is_written_to_disk() {
     let _: SocketAddr = s.https;
 }
 
+/// Every system call that could put something on disk, made by any
+/// thread of the process while it serves every kind of traffic, watched
+/// with `strace` (scripts/test installs it): none may create, write,
+/// truncate, rename, link or remove a file. This configuration has no
+/// `[acme]` and logs to the inherited standard error, the only places
+/// visitord writes.
+#[test]
+fn no_file_is_created_or_written_while_serving() {
+    let s = Server::with(Options {
+        trusted_proxies: vec![],
+        ..Options::default()
+    });
+    let trace = s.path("syscalls.trace");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "signal=none", "-e"])
+        .arg(
+            "trace=open,openat,openat2,creat,rename,renameat,renameat2,unlink,unlinkat,\
+             mkdir,mkdirat,rmdir,truncate,ftruncate,link,linkat,symlink,symlinkat,mknod,mknodat",
+        )
+        .arg("-o")
+        .arg(&trace)
+        .args(["-p", &s.pid().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace is not installed (Debian package `strace`; scripts/test installs it)");
+    // Attached once a call of the running process shows up: a reload reads
+    // every file it was built from.
+    s.signal("HUP");
+    let attached = eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&trace).is_ok_and(|t| t.contains("openat("))
+    });
+    assert!(attached, "strace did not attach");
+    send_everything(&s);
+    s.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    std::process::Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = strace.wait();
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    // Both reloads were seen: the trace covers the whole run.
+    assert!(calls.matches("visitord.toml\"").count() >= 2, "{calls}");
+    let writes: Vec<&str> = calls
+        .lines()
+        .filter(|l| {
+            let opens = l.contains("open") || l.contains("creat(");
+            let writing = ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"]
+                .iter()
+                .any(|f| l.contains(f));
+            (opens && writing) || (!opens && !l.contains("resumed>") && l.contains('('))
+        })
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "the process wrote to the file system:\n{}",
+        writes.join("\n")
+    );
+}
+
 fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -199,4 +259,72 @@ fn failed_handshakes_are_info_not_errors() {
         "not at info: {handshake:?}"
     );
     assert!(!logs.contains(" ERROR "), "an error was logged:\n{logs}");
+}
+
+/// After API traffic from 300 client addresses (IPv4 and IPv6, through a
+/// trusted proxy, allowed, refused and rate limited), no label value of
+/// any family is an address or names one, and the label values stay few:
+/// they are bounded names, not one per client.
+#[test]
+fn no_metric_label_carries_a_client_address() {
+    let s = Server::with(Options {
+        extra: "\n[limits]\nrequests_per_minute_per_ip = 2\n".into(),
+        ..Options::default()
+    });
+    let clients: Vec<String> = (0..300u32)
+        .map(|n| {
+            if n % 2 == 0 {
+                format!("198.51.{}.{}", n / 250, n % 250 + 1)
+            } else {
+                format!("2001:db8:{n:x}::{n:x}")
+            }
+        })
+        .collect();
+    let http = s.client();
+    for (n, client) in clients.iter().enumerate() {
+        let origin = ["https://example.com", "https://evil.example", "null"][n % 3];
+        let pid = ["demo", "nope", "shop"][n % 3];
+        for _ in 0..3 {
+            let _ = http
+                .get(s.url(&format!("/api/?pid={pid}")))
+                .header("X-Forwarded-For", client.as_str())
+                .header("Origin", origin)
+                .send();
+        }
+        if n % 50 == 0 {
+            let _ = http
+                .get(s.url(&format!("/{client}")))
+                .header("X-Forwarded-For", client.as_str())
+                .send();
+        }
+    }
+    let text = s.metrics_text();
+    assert!(
+        text.contains("visitord_rate_limited_total{reason=\"client_rate\"}"),
+        "{text}"
+    );
+    let mut values = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(labels) = line.split_once('{').and_then(|(_, r)| r.rsplit_once('}')) else {
+            continue;
+        };
+        for pair in labels.0.split("\",") {
+            let (name, value) = pair.split_once("=\"").unwrap();
+            let value = value.trim_end_matches('"');
+            assert!(
+                value.parse::<IpAddr>().is_err(),
+                "{name}={value:?} in {line}"
+            );
+            for client in &clients {
+                assert!(!value.contains(client.as_str()), "{client} in {line}");
+            }
+            values.insert(format!("{name}={value}"));
+        }
+    }
+    assert!(values.len() > 20, "{values:?}");
+    assert!(
+        values.len() < 150,
+        "not bounded: {} values {values:?}",
+        values.len()
+    );
 }

@@ -499,3 +499,69 @@ fn metrics_are_valid_prometheus_text() {
         eprintln!("promtool not installed: checked by the unit test's parser only");
     }
 }
+
+/// docs/operations.md, "Shutting down": after serving traffic, with
+/// kept-alive HTTP/1.1 and HTTP/2 connections idle, SIGTERM ends the
+/// process within the time stated there, far inside the grace period.
+#[test]
+fn sigterm_after_traffic_exits_within_the_documented_time() {
+    let s = Server::with(Options {
+        grace_period: "30s",
+        ..Options::default()
+    });
+    let h2 = s.client();
+    let h1 = s.client_builder().http1_only().build().unwrap();
+    for client in [&h2, &h1] {
+        for _ in 0..20 {
+            let r = client
+                .get(s.url("/api/?pid=demo"))
+                .header("Origin", ALLOWED)
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    // The redirect listener and the metrics listener, kept alive too.
+    for _ in 0..5 {
+        let r = h1
+            .get(format!("http://{}/api/?pid=demo", s.http))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 308);
+        let r = h1.get(format!("http://{}/healthz", s.http)).send().unwrap();
+        assert_eq!(r.status(), 200);
+        let r = h1
+            .get(format!("http://{}/metrics", s.metrics))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // And clients still sending when the signal comes: new connections
+    // are refused, kept-alive ones are answered and closed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, stop) = (s.client(), s.url("/api/?pid=demo"), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = client.get(&url).header("Origin", ALLOWED).send();
+                    if sent.is_err() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, took) = s.terminate();
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert!(status.success(), "{status:?}");
+    // 1 s of it is the drain's settle time (src/server.rs DRAIN_SETTLE).
+    assert!(took >= Duration::from_secs(1), "took {took:?}");
+    // Measured 1.05 to 1.2 s; the margin is for a loaded test machine.
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+}

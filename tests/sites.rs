@@ -365,6 +365,12 @@ fn upstream_down_is_502_and_the_server_keeps_serving() {
     let r = get(&s, SITE, "/", &[("X-Forwarded-For", "81.2.69.142")]);
     assert_eq!(r.status, 502);
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    // Written by visitord, so with the headers every TLS answer has.
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=63072000")
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert!(r.body.contains("502 Bad Gateway"), "{}", r.body);
     assert!(
         !r.body.contains(&dead.to_string()),

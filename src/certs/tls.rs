@@ -33,6 +33,16 @@ pub enum TlsError {
     DevCert { dir: PathBuf, reason: String },
 }
 
+impl TlsError {
+    /// The file the error is about, if one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            TlsError::Read { file, .. } | TlsError::Invalid { file, .. } => Some(file),
+            TlsError::DevCert { .. } => None,
+        }
+    }
+}
+
 fn invalid(file: &Path, reason: impl Into<String>) -> TlsError {
     TlsError::Invalid {
         file: file.to_path_buf(),

@@ -744,6 +744,147 @@ addr = "127.0.0.1:9180"
     }
 
     #[test]
+    fn a_bare_address_is_a_network_of_itself() {
+        let c = parse(&GOOD.replace("\"::1/128\"", "\"::1\", \"192.168.1.1\"")).unwrap();
+        let t = &c.client_ip.trusted_proxies;
+        assert!(t.contains("192.168.1.1".parse().unwrap()));
+        assert!(!t.contains("192.168.1.2".parse().unwrap()));
+        assert!(t.contains("::1".parse().unwrap()));
+        assert!(!t.contains("::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_allow_takes_a_bare_address_too() {
+        let c = parse(&format!("{GOOD}allow = [\"10.0.0.1\"]\n")).unwrap();
+        let m = c.metrics.unwrap();
+        assert!(m.allow.contains("10.0.0.1".parse().unwrap()));
+        assert!(!m.allow.contains("10.0.0.2".parse().unwrap()));
+        let e = error(&format!("{GOOD}allow = [\"10.0.0.0/33\"]\n"));
+        assert!(
+            e.contains("metrics.allow[0]: \"10.0.0.0/33\": prefix length"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_networks_say_which_half_is_wrong() {
+        for (value, reason) in [
+            (
+                "10.0.0.0/33",
+                "prefix length \"33\" is not a number from 0 to 32",
+            ),
+            (
+                "::/129",
+                "prefix length \"129\" is not a number from 0 to 128",
+            ),
+            (
+                "10.0.0.0/",
+                "prefix length \"\" is not a number from 0 to 32",
+            ),
+            ("10.0.0/8", "\"10.0.0\" is not an IP address"),
+            ("example.com", "not an IP address or network"),
+        ] {
+            let e = error(&GOOD.replace("\"::1/128\"", &format!("{value:?}")));
+            assert!(
+                e.contains(&format!(
+                    "client_ip.trusted_proxies[1]: {value:?}: {reason}"
+                )),
+                "{value}: {e}"
+            );
+        }
+    }
+
+    /// `deny_unknown_fields` on every table, not only the top level.
+    #[test]
+    fn an_unknown_key_in_any_table_is_named() {
+        let site = "[[site]]\nhosts = [\"a.example.com\"]\nupstreams = [\"127.0.0.1:1\"]\n";
+        let acme = "[acme]\nemail = \"a@example.com\"\ndomains = [\"a.example.com\"]\n";
+        let with_tables = format!("{GOOD}[user_agent]\n[limits]\n{site}{acme}");
+        for (table, header) in [
+            ("server", "[server]\n"),
+            ("listen[0]", "[[listen]]\n"),
+            ("tls", "[tls]\n"),
+            ("api", "[api]\n"),
+            ("geo", "[geo]\n"),
+            ("client_ip", "[client_ip]\n"),
+            ("metrics", "[metrics]\n"),
+            ("user_agent", "[user_agent]\n"),
+            ("limits", "[limits]\n"),
+            ("site[0]", "[[site]]\n"),
+            ("acme", "[acme]\n"),
+        ] {
+            let text = with_tables.replacen(header, &format!("{header}bogus = 1\n"), 1);
+            let e = error(&text);
+            assert!(
+                e.contains(&format!("{table}.bogus: unknown field `bogus`")),
+                "{table}: {e}"
+            );
+        }
+        let e = error(&GOOD.replace("key = \"tls/a.key\" }", "key = \"tls/a.key\", bogus = 1 }"));
+        assert!(
+            e.contains("tls.certificates[0].bogus: unknown field"),
+            "{e}"
+        );
+    }
+
+    /// docs/hardening.md's table: which keys take `0` (or `"0s"`) and
+    /// what each range is.
+    #[test]
+    fn limits_take_zero_and_ranges_as_documented() {
+        let limits = |body: &str| parse(&format!("{GOOD}\n[limits]\n{body}\n"));
+        for zero in [
+            "requests_per_minute_per_ip = 0",
+            "max_connections_per_ip = 0",
+            "keepalive_requests = 0",
+            "keepalive_timeout = \"0s\"",
+            "request_header_timeout = \"0s\"",
+            "max_request_head = 1024",
+            "max_request_head = 1048576",
+            "max_connections = 1",
+        ] {
+            assert!(limits(zero).is_ok(), "{zero}");
+        }
+        for (refused, reason) in [
+            (
+                "max_connections = 0",
+                "limits.max_connections: 0 would refuse",
+            ),
+            (
+                "max_request_head = 0",
+                "limits.max_request_head: must be 1024 to 1048576",
+            ),
+            (
+                "max_request_head = 1023",
+                "limits.max_request_head: must be 1024 to 1048576",
+            ),
+            (
+                "max_request_head = 1048577",
+                "limits.max_request_head: must be 1024 to 1048576",
+            ),
+            (
+                "tls_handshake_timeout = \"0s\"",
+                "limits.tls_handshake_timeout: must be more",
+            ),
+            ("ipv4_prefix = 33", "limits.ipv4_prefix: must be 0 to 32"),
+        ] {
+            let e = limits(refused).expect_err(refused).to_string();
+            assert!(e.contains(reason), "{refused}: {e}");
+        }
+        let e = error(&GOOD.replace("threads = 2", "threads = 1025"));
+        assert!(
+            e.contains("server.threads: 1025 is out of range 1..=1024"),
+            "{e}"
+        );
+        assert!(parse(&GOOD.replace("threads = 2", "threads = 1024")).is_ok());
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let e = error(&GOOD.replace("threads = 2", "threads = 2\nthreads = 3"));
+        assert!(e.contains("duplicate key `threads`"), "{e}");
+    }
+
+    #[test]
     fn bad_cidr_names_key() {
         let e = error(&GOOD.replace("\"::1/128\"", "\"::1/129\""));
         assert!(e.contains("client_ip.trusted_proxies[1]"), "{e}");

@@ -306,7 +306,7 @@ pub(super) struct RawGeo {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClientIp {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "networks")]
     pub(super) trusted_proxies: Vec<IpNet>,
 }
 
@@ -317,7 +317,7 @@ pub(super) struct RawMetrics {
     pub(super) enabled: bool,
     #[serde(default = "default_metrics_addr")]
     pub(super) addr: SocketAddr,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "networks")]
     pub(super) allow: Vec<IpNet>,
     /// `""` is the same as no token.
     #[serde(default)]
@@ -414,6 +414,54 @@ fn default_health_check_interval() -> Duration {
     Duration::from_secs(5)
 }
 
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), or a bare
+/// address for itself alone (`/32` or `/128`). A bad value says which half
+/// is wrong rather than the address parser's "invalid IP address syntax".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Network(IpNet);
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Network, String> {
+        let Some((addr, prefix)) = s.split_once('/') else {
+            return s
+                .parse::<std::net::IpAddr>()
+                .map(|ip| Network(IpNet::from(ip)))
+                .map_err(|_| {
+                    format!("{s:?}: not an IP address or network (CIDR: address/prefix)")
+                });
+        };
+        let ip: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = prefix
+            .parse::<u8>()
+            .ok()
+            .filter(|len| *len <= max)
+            .ok_or_else(|| {
+                format!("{s:?}: prefix length {prefix:?} is not a number from 0 to {max}")
+            })?;
+        IpNet::new(ip, len)
+            .map(Network)
+            .map_err(|e| format!("{s:?}: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Network, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A list of [`Network`]s.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let list = Vec::<Network>::deserialize(d)?;
+    Ok(list.into_iter().map(|n| n.0).collect())
+}
+
 /// What to do with a visitor whose country the databases do not know.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -456,9 +504,18 @@ fn syntax_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             format!("line {line}, column {column}")
         });
+    // The parser's "duplicate key" points at the key but does not say it.
+    let duplicate = e
+        .span()
+        .and_then(|span| text.get(span))
+        .filter(|key| e.message() == "duplicate key" && !key.is_empty());
+    let reason = match duplicate {
+        Some(key) => format!("duplicate key `{}`", key.trim()),
+        None => e.message().to_owned(),
+    };
     ConfigError::invalid(
         file,
         position.unwrap_or_else(|| "(syntax)".to_owned()),
-        e.message(),
+        reason,
     )
 }

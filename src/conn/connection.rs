@@ -121,6 +121,9 @@ pub struct Limited {
     /// Set by [`finish_request`] (the HTTP layer's side, which only has a
     /// shared reference); taken by the next read.
     request_finished: AtomicBool,
+    /// Bytes of an answer written here that the stream has not taken yet;
+    /// written before anything else.
+    unwritten: Vec<u8>,
 }
 
 impl Limited {
@@ -137,6 +140,7 @@ impl Limited {
             head: head.map(HeadWatch::new),
             hsts: None,
             request_finished: AtomicBool::new(false),
+            unwritten: Vec::new(),
         }
     }
 }
@@ -245,13 +249,55 @@ impl AsyncRead for Limited {
     }
 }
 
+/// The start of what Pingora 0.9.1 writes, in one write, for an HTTP/1
+/// request its parser rejects: `HttpProxy::handle_new_request` calls
+/// `respond_error(400)` (`gen_error_response`: `Server: Pingora`, `Date`,
+/// `Content-Length: 0`, `Cache-Control: private, no-store`) before any
+/// hook of the application runs, so these bytes are the one place left to
+/// answer such a request as visitord answers every other refusal.
+const PINGORA_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n";
+const PINGORA_400_REST: &[u8] = b"\r\nContent-Length: 0\r\nCache-Control: private, no-store\r\n";
+
+fn is_pingoras_400(buf: &[u8]) -> bool {
+    buf.starts_with(PINGORA_400)
+        && buf.ends_with(b"\r\n\r\n")
+        && buf
+            .windows(PINGORA_400_REST.len())
+            .any(|w| w == PINGORA_400_REST)
+}
+
+impl Limited {
+    /// Writes what is left of an answer written here.
+    fn poll_unwritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.unwritten.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.unwritten) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => drop(self.unwritten.drain(..n)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncWrite for Limited {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        std::task::ready!(this.poll_unwritten(cx))?;
+        if this.head.is_some() && is_pingoras_400(buf) {
+            // Pingora's bytes count as written; ours go out in their place.
+            this.unwritten = answer::unparsable_request().to_http1(this.hsts.as_ref());
+            return match this.poll_unwritten(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Ready(Ok(buf.len())),
+            };
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -259,6 +305,7 @@ impl AsyncWrite for Limited {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_unwritten(cx))?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -267,10 +314,12 @@ impl AsyncWrite for Limited {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_unwritten(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_unwritten(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -278,6 +327,7 @@ impl AsyncWrite for Limited {
 #[async_trait]
 impl Shutdown for Limited {
     async fn shutdown(&mut self) {
+        let _ = std::future::poll_fn(|cx| self.poll_unwritten(cx)).await;
         self.inner.shutdown().await;
     }
 }

@@ -208,6 +208,16 @@ pub fn head_too_large() -> Answer {
     a
 }
 
+/// The answer to an HTTP/1 request Pingora's parser rejected (a malformed
+/// header line, a control byte in a value, a bad `Content-Length`),
+/// written in place of Pingora's own empty `400` (see
+/// `conn::connection`); the connection is closed.
+pub fn unparsable_request() -> Answer {
+    let mut a = error(400, "malformed request");
+    a.close = true;
+    a
+}
+
 /// The JSON refusal of a site's same-origin API for a visitor its country
 /// rule refuses.
 pub fn country_refused() -> Answer {

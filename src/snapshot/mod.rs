@@ -22,7 +22,7 @@ pub mod publish;
 
 use crate::certs::acme::{self, client::AcmeError};
 use crate::certs::tls::{Certificates, TlsError};
-use crate::config::{Config, ConfigError, Projects};
+use crate::config::{CertificateFiles, Config, ConfigError, Projects};
 use crate::lookup::agent::{Agent, AgentError, AgentParser};
 use crate::lookup::geo::{GeoDb, GeoError};
 use crate::observe::metrics::{RequestMetrics, SiteMetrics};
@@ -52,6 +52,14 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Acme(#[from] AcmeError),
+    /// A file the configuration names, refused: the configuration file and
+    /// the key that names it, then the file's own error.
+    #[error("{}: {key}: {error}", config.display())]
+    Referenced {
+        config: PathBuf,
+        key: String,
+        error: Box<LoadError>,
+    },
 }
 
 impl LoadError {
@@ -64,6 +72,16 @@ impl LoadError {
             LoadError::Agent(_) => "user_agent",
             LoadError::Tls(_) => "tls",
             LoadError::Acme(_) => "acme",
+            LoadError::Referenced { error, .. } => error.kind(),
+        }
+    }
+
+    /// This error, about the file `config`'s `key` names.
+    fn named_by(self, config: &Config, key: impl Into<String>) -> LoadError {
+        LoadError::Referenced {
+            config: config.file.clone(),
+            key: key.into(),
+            error: Box::new(self),
         }
     }
 }
@@ -129,19 +147,20 @@ impl Snapshot {
         generation: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, LoadError> {
-        let projects = Projects::load(&config.api.projects).map_err(LoadError::Projects)?;
+        let projects = load_projects(&config)?;
         let sites = Sites::build(&config.file, &config.sites, previous.map(|p| &p.sites))?;
         let peers = Peers::build(&sites);
         let mut certificates = match &config.tls {
-            Some(tls) => Certificates::load(&tls.certificates)?,
+            Some(tls) => Certificates::load(&tls.certificates)
+                .map_err(|e| certificate_key(&config, &tls.certificates, e))?,
             None => Certificates::default(),
         };
         let metrics_token = read_metrics_token(&config)?;
         let acme = match &config.acme {
-            Some(a) => Some(load_acme(a, &mut certificates)?),
+            Some(a) => Some(load_acme(&config, a, &mut certificates)?),
             None => None,
         };
-        let geo = GeoDb::open(&config.geo.databases)?;
+        let geo = open_geo(&config)?;
         let agents_stamp = config.user_agent.regexes.as_deref().and_then(FileStamp::of);
         let reusable = previous.filter(|p| {
             p.config.user_agent.regexes == config.user_agent.regexes
@@ -149,7 +168,7 @@ impl Snapshot {
         });
         let agents = match (reusable, &config.user_agent.regexes) {
             (Some(p), _) => p.agents.clone(),
-            (None, Some(path)) => Arc::new(AgentParser::from_file(path)?),
+            (None, Some(path)) => Arc::new(load_agents(&config, path)?),
             (None, None) => Arc::new(AgentParser::builtin()?),
         };
         let shared_store = match &config.limits.shared_store {
@@ -242,16 +261,63 @@ fn read_metrics_token(config: &Config) -> Result<Option<MetricsToken>, ConfigErr
     })
 }
 
+/// The projects file; one that cannot be read is `api.projects`'s error
+/// (one that can is named by its own keys).
+fn load_projects(config: &Config) -> Result<Projects, LoadError> {
+    Projects::load(&config.api.projects).map_err(|e| match e {
+        ConfigError::Read { .. } => LoadError::Projects(e).named_by(config, "api.projects"),
+        ConfigError::Invalid { .. } => LoadError::Projects(e),
+    })
+}
+
+/// The databases; a refused one is named by its `geo.databases[i]`.
+fn open_geo(config: &Config) -> Result<GeoDb, LoadError> {
+    GeoDb::open(&config.geo.databases).map_err(|e| {
+        let i = config.geo.databases.iter().position(|p| p == e.path());
+        let key = i.map_or("geo.databases".to_owned(), |i| {
+            format!("geo.databases[{i}]")
+        });
+        LoadError::from(e).named_by(config, key)
+    })
+}
+
+/// The user-agent rules of `user_agent.regexes`.
+fn load_agents(config: &Config, path: &Path) -> Result<AgentParser, LoadError> {
+    AgentParser::from_file(path)
+        .map_err(|e| LoadError::from(e).named_by(config, "user_agent.regexes"))
+}
+
+/// A `[tls] certificates` pair refused, under the key naming the file it is
+/// about (`tls.certificates[i].cert` or `.key`; a key that does not match
+/// its certificate is the key's error).
+fn certificate_key(config: &Config, pairs: &[CertificateFiles], e: TlsError) -> LoadError {
+    let key = e.file().and_then(|file| {
+        pairs.iter().enumerate().find_map(|(i, pair)| {
+            if pair.key == file {
+                Some(format!("tls.certificates[{i}].key"))
+            } else if pair.cert == file {
+                Some(format!("tls.certificates[{i}].cert"))
+            } else {
+                None
+            }
+        })
+    });
+    let key = key.unwrap_or_else(|| "tls.certificates".to_owned());
+    LoadError::from(e).named_by(config, key)
+}
+
 /// Splits `[acme]`'s names (a file pair wins) and loads the certificates
 /// ACME keeps for the others; a name without one (or with an expired one)
 /// waits. A damaged file is an error, as for a file pair: the previous
 /// snapshot keeps serving.
 fn load_acme(
+    whole: &Config,
     config: &crate::config::Acme,
     certificates: &mut Certificates,
 ) -> Result<acme::Plan, LoadError> {
     if let Some(ca) = &config.directory_ca {
-        acme::client::read_roots(ca)?;
+        acme::client::read_roots(ca)
+            .map_err(|e| LoadError::from(e).named_by(whole, "acme.directory_ca"))?;
     }
     let plan = acme::plan(config, certificates);
     for name in &plan.managed {

@@ -1,6 +1,6 @@
 //! Why a database file was refused: [`GeoError`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why a database file was refused. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -34,4 +34,15 @@ pub enum GeoError {
         /// The metadata's `database_type`, which did not tell either.
         database_type: String,
     },
+}
+
+impl GeoError {
+    /// The database file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            GeoError::Read { path, .. }
+            | GeoError::Invalid { path, .. }
+            | GeoError::UnknownShape { path, .. } => path,
+        }
+    }
 }
