@@ -461,19 +461,17 @@ fn limits(
             "must be more than 0s and at most 60s",
         ));
     }
-    if raw.ipv4_prefix > 32 {
-        return Err(ConfigError::invalid(
-            file,
-            "limits.ipv4_prefix",
-            "must be 0 to 32",
-        ));
-    }
-    if raw.ipv6_prefix > 128 {
-        return Err(ConfigError::invalid(
-            file,
-            "limits.ipv6_prefix",
-            "must be 0 to 128",
-        ));
+    for (key, bits, max) in [
+        ("limits.ipv4_prefix", raw.ipv4_prefix, 32),
+        ("limits.ipv6_prefix", raw.ipv6_prefix, 128),
+    ] {
+        if bits > max {
+            return Err(ConfigError::invalid(
+                file,
+                key,
+                format!("must be 0 to {max}"),
+            ));
+        }
     }
     if raw.max_connections == Some(0) {
         return Err(ConfigError::invalid(
