@@ -660,6 +660,7 @@ mod conn {
         );
         let closed = held.iter_mut().map(closed_by_server).filter(|&c| c).count();
         assert_eq!(closed, held.len(), "every refused connection is closed");
+        eprintln!("1,000 refused: descriptors {before} -> {}", open_files(&s));
         assert!(
             open_files(&s) <= before + 10,
             "{} (was {before})",
@@ -821,6 +822,7 @@ mod conn {
             tls.len()
         );
         assert!(took < Duration::from_secs(10), "{took:?}");
+        eprintln!("116 silent connections closed after {took:?}");
         // The idle keep-alive goes at its own timeout (Pingora's is 60 s).
         let mut rest = Vec::new();
         assert!(idle.read_to_end(&mut rest).is_ok(), "kept open");
@@ -926,6 +928,10 @@ mod conn {
         // 5 client connections and their upstream connections: at most the
         // per-client cap (128) together.
         assert!(during <= before + 128 + 10, "{during} (was {before})");
+        eprintln!(
+            "{} zero-window streams: descriptors {before} -> {during}",
+            bodies.len()
+        );
         assert_eq!(api_from(&s, client()), Some(200));
         let released = eventually(Duration::from_secs(20), || open_files(&s) <= before + 20);
         let took = started.elapsed();
@@ -935,6 +941,7 @@ mod conn {
             open_files(&s)
         );
         assert!(took < Duration::from_secs(15), "{took:?}");
+        eprintln!("back to {} descriptors after {took:?}", open_files(&s));
         // Every stream was reset, none finished.
         let reset = runtime.block_on(async {
             let mut reset = 0;
