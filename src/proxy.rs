@@ -18,7 +18,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::certs::acme;
 use crate::config::ListenerKind;
-use crate::conn::connection;
+use crate::conn::registry::{ConnectionPlace, Registry};
+use crate::conn::{accept, connection};
 use crate::limits::Limiter;
 use crate::observe::metrics::RouteLabel;
 use crate::observe::verdict::Verdict;
@@ -34,14 +35,23 @@ pub struct Visitord {
     shared: Shared,
     role: ListenerKind,
     limiter: Arc<Limiter>,
+    /// The connection counts: a proxied request holds an upstream
+    /// connection, counted against its client's caps like a connection.
+    registry: Arc<Registry>,
 }
 
 impl Visitord {
-    pub fn new(shared: Shared, role: ListenerKind, limiter: Arc<Limiter>) -> Visitord {
+    pub fn new(
+        shared: Shared,
+        role: ListenerKind,
+        limiter: Arc<Limiter>,
+        registry: Arc<Registry>,
+    ) -> Visitord {
         Visitord {
             shared,
             role,
             limiter,
+            registry,
         }
     }
 }
@@ -66,6 +76,9 @@ struct SiteCtx {
     /// The upstream of the current attempt.
     upstream: Option<usize>,
     attempts: usize,
+    /// The upstream connection's place in the client's counts: HTTP/2
+    /// multiplexes up to 100 of them over one client connection.
+    _place: ConnectionPlace,
 }
 
 #[async_trait]
@@ -89,6 +102,9 @@ impl ProxyHttp for Visitord {
 
     async fn request_filter(&self, s: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         keep_alive(s, &ctx.snap);
+        // A client that stops taking the answer (an HTTP/2 window left at
+        // zero) loses the stream, and the upstream connection is released.
+        s.set_write_timeout(ctx.snap.config.limits.send_timeout);
         // RFC 9112 §9.3.2: pipelined requests are answered in order (Pingora
         // closes the connection and drops them otherwise). Not for an
         // upgrade: the bytes after it belong to the new protocol.
@@ -113,14 +129,13 @@ impl ProxyHttp for Visitord {
             Route::SiteApi(i) => api::same_origin(snap, &facts, i, &self.limiter),
             Route::Site(i) => match site::decide(snap, &facts, i) {
                 SiteDecision::Answer(answer) => answer,
-                SiteDecision::Proxy(request) => {
-                    ctx.site = Some(SiteCtx {
-                        request,
-                        upstream: None,
-                        attempts: 0,
-                    });
-                    return Ok(false);
-                }
+                SiteDecision::Proxy(request) => match self.site_ctx(snap, peer_ip(s), request) {
+                    Ok(site) => {
+                        ctx.site = Some(site);
+                        return Ok(false);
+                    }
+                    Err(refused) => refused,
+                },
             },
         };
         respond(s, ctx, answer, head, self.role).await?;
@@ -295,6 +310,24 @@ fn record(ctx: &RequestCtx) {
 }
 
 impl Visitord {
+    /// A site request on its way: it holds its upstream connection's place
+    /// in the client's counts, or is refused with 429 over a cap.
+    fn site_ctx(
+        &self,
+        snap: &Snapshot,
+        peer: IpAddr,
+        request: Box<SiteRequest>,
+    ) -> std::result::Result<SiteCtx, Answer> {
+        let place = accept::place_for(&self.registry, snap, Some(peer))
+            .map_err(answer::too_many_requests)?;
+        Ok(SiteCtx {
+            request,
+            upstream: None,
+            attempts: 0,
+            _place: place,
+        })
+    }
+
     /// A site request failed: a small page instead of Pingora's, 502 or
     /// 504 for the upstream's failures, and one warning that names the
     /// site and upstream (never the client).

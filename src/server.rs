@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::{http_proxy, HttpProxy};
@@ -17,7 +18,7 @@ use pingora::services::listening::Service;
 
 use crate::config::{Config, ListenerKind};
 use crate::conn::accept::AcceptGate;
-use crate::conn::connection::Guarded;
+use crate::conn::connection::{Guarded, KeepAliveBound};
 use crate::conn::registry::{self, Registry};
 use crate::limits::Limiter;
 use crate::observe::reload_history::{ReloadHistory, ReloadRecord};
@@ -105,7 +106,12 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
     add_redirect_services(&mut server, &parts);
     if let Some(m) = &config.metrics {
         let app = MetricsApp::new(shared.clone(), history.clone(), started, m.addr);
-        let mut service = Service::new("visitord metrics".to_owned(), app);
+        let app = HttpServer::new_app(KeepAliveBound::new(app, shared.clone()));
+        // Capped and timed like every listener; peers outside
+        // `metrics.allow` are closed before a byte is read.
+        let guarded = Guarded::new(app, shared.clone(), parts.registry.clone(), false)
+            .metrics_listener(m.addr);
+        let mut service = Service::new("visitord metrics".to_owned(), guarded);
         service.threads = Some(1);
         service.add_tcp(&m.addr.to_string());
         server.add_service(service);
@@ -148,7 +154,12 @@ impl Parts<'_> {
     /// The HTTP application of a listener role: the proxy, behind the
     /// connection guard.
     fn handler(&self, role: ListenerKind) -> Guarded<HttpProxy<Visitord>> {
-        let app = Visitord::new(self.shared.clone(), role, self.limiter.clone());
+        let app = Visitord::new(
+            self.shared.clone(),
+            role,
+            self.limiter.clone(),
+            self.registry.clone(),
+        );
         let mut proxy = http_proxy(&self.conf, app);
         proxy.server_options = Some(server_options(self.config));
         let tls = role == ListenerKind::Tls;

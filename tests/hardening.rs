@@ -148,6 +148,9 @@ fn connections_per_address_are_capped() {
     std::thread::sleep(Duration::from_millis(200));
     let mut again = open_tls(&s, &config);
     assert!(answered(&mut again), "a freed place was not reused");
+    // The metrics listener's connections count too: make room for one.
+    drop(again);
+    std::thread::sleep(Duration::from_millis(200));
     let text = s.metrics_text();
     assert!(
         text.contains("visitord_rate_limited_total{reason=\"connections\"}"),
@@ -605,4 +608,466 @@ fn unparsable_requests_get_the_json_400() {
         "{head}"
     );
     assert_eq!(s.api("?pid=demo", &[("Origin", ALLOWED)]).status, 200);
+}
+
+// Connections: the metrics
+// listener behind the same gate as the others, DNS rebinding, HTTP/2
+// streams whose answer cannot be sent, connections that never send a
+// request, the PROXY protocol listener from accept.
+
+mod conn {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, SocketAddr, TcpStream};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::common::attack::{attacker, client, tls_from};
+    use super::common::upstream::Upstream;
+    use super::common::{
+        connect_from, eventually, http_exchange, raw_status, Options, Server, TestCa,
+    };
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// A value of the Prometheus exposition, 0 when the series is absent.
+    fn metric(s: &Server, series: &str) -> f64 {
+        s.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn open_files(s: &Server) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Whether the server has closed `tcp` (a read ends, rather than
+    /// timing out).
+    fn closed_by_server(tcp: &mut TcpStream) -> bool {
+        tcp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        match tcp.read(&mut [0u8; 64]) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    /// One API request over a fresh TLS connection from `bind`: its status.
+    fn api_from(s: &Server, bind: IpAddr) -> Option<u16> {
+        let mut tls = tls_from(s.https, &s.ca, bind).ok()?;
+        tls.write_all(
+            b"GET /api/?pid=demo HTTP/1.1\r\nHost: localhost\r\nOrigin: https://example.com\r\nConnection: close\r\n\r\n",
+        )
+        .ok()?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        raw_status(&out)
+    }
+
+    /// A GET on the metrics listener from `from`, with `Host: host`.
+    fn metrics_get(s: &Server, from: &str, path: &str, host: &str, more: &str) -> (u16, String) {
+        let mut tcp = connect_from(s.metrics, Some(ip(from)));
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (status, _, body) = http_exchange(
+            &mut tcp,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{more}Connection: close\r\n\r\n"),
+        );
+        (status, String::from_utf8(body).unwrap())
+    }
+
+    /// 1,000 silent connections to the metrics listener from outside
+    /// `metrics.allow`, against a process with 1,024 descriptors, used to
+    /// take every descriptor: the API timed out and reloads failed. Now
+    /// they are closed at accept, before a byte is read; an allowed
+    /// scraper and the API are served throughout, and an allowed peer is
+    /// held to the per-client cap there as everywhere.
+    #[test]
+    fn a_metrics_listener_flood_from_outside_allow_leaves_the_api_and_scrapers_served() {
+        let s = Server::with(Options {
+            extra: "allow = [\"127.0.0.1/32\", \"127.0.0.3/32\"]\n\n[limits]\nmax_connections_per_ip = 20\n".into(),
+            open_files: Some(1024),
+            ..Options::default()
+        });
+        let before = open_files(&s);
+        let mut held: Vec<TcpStream> = (0..1000)
+            .map(|_| connect_from(s.metrics, Some(ip("127.0.0.9"))))
+            .collect();
+        assert_eq!(api_from(&s, client()), Some(200));
+        assert!(s.metrics_text().contains("visitord_build_info"));
+        assert!(
+            eventually(Duration::from_secs(15), || {
+                metric(
+                    &s,
+                    "visitord_closed_connections_total{reason=\"not_allowed\"}",
+                ) >= 1000.0
+            }),
+            "{}",
+            s.metrics_text()
+        );
+        let closed = held.iter_mut().map(closed_by_server).filter(|&c| c).count();
+        assert_eq!(closed, held.len(), "every refused connection is closed");
+        eprintln!("1,000 refused: descriptors {before} -> {}", open_files(&s));
+        assert!(
+            open_files(&s) <= before + 10,
+            "{} (was {before})",
+            open_files(&s)
+        );
+        drop(held);
+        // An allowed peer is capped like any client.
+        let allowed: Vec<TcpStream> = (0..40)
+            .map(|_| connect_from(s.metrics, Some(ip("127.0.0.3"))))
+            .collect();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                metric(&s, "visitord_rate_limited_total{reason=\"connections\"}") >= 20.0
+            }),
+            "{}",
+            s.metrics_text()
+        );
+        let (code, body) = metrics_get(&s, "127.0.0.1", "/metrics", "localhost", "");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(api_from(&s, client()), Some(200));
+        drop(allowed);
+        let logs = s.logs();
+        assert!(!logs.contains("Too many open files"), "{logs}");
+        assert!(
+            !logs.contains(" ERROR ") && !logs.contains(" WARN "),
+            "{logs}"
+        );
+    }
+
+    /// A page the operator visits can point its own name at 127.0.0.1 and
+    /// read the dashboard as same-origin (DNS rebinding). Without a token
+    /// only loopback names and addresses, the listener's address and
+    /// `metrics.hosts` are answered; with one, any name.
+    #[test]
+    fn the_metrics_listener_refuses_foreign_host_names_without_a_token() {
+        let s = Server::with(Options {
+            extra: "hosts = [\"metrics.internal\"]\n".into(),
+            ..Options::default()
+        });
+        let port = s.metrics.port();
+        for host in [
+            "attacker.example".to_owned(),
+            format!("attacker.example:{port}"),
+            format!("localhost.attacker.example:{port}"),
+        ] {
+            for path in ["/status.json", "/metrics", "/"] {
+                let (code, body) = metrics_get(&s, "127.0.0.1", path, &host, "");
+                assert_eq!(code, 421, "{host}{path}: {body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["status"], 421);
+                assert!(!body.contains("demo"), "{body}");
+            }
+        }
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            "metrics.internal".to_owned(),
+            format!("dashboard.localhost:{port}"),
+        ] {
+            let (code, body) = metrics_get(&s, "127.0.0.1", "/status.json", &host, "");
+            assert_eq!(code, 200, "{host}: {body}");
+        }
+        // Health probes tell nothing; /readyz answers here like /healthz.
+        for path in ["/healthz", "/readyz"] {
+            let (code, _) = metrics_get(&s, "127.0.0.1", path, "attacker.example", "");
+            assert_eq!(code, 200, "{path}");
+        }
+
+        // With a token, the name does not matter.
+        let dir = tempfile::tempdir().unwrap();
+        let token = "a-token-a-rebinding-page-cannot-know";
+        let config = Server::prepare(
+            dir.path(),
+            &Options {
+                extra: "token_file = \"metrics.token\"\n".into(),
+                ..Options::default()
+            },
+        );
+        std::fs::write(dir.path().join("metrics.token"), token).unwrap();
+        let ca = Arc::new(TestCa::new());
+        ca.leaf(&dir.path().join("tls"), "server", &["localhost"]);
+        let t = Server::spawn(dir, config, ca, "info");
+        let bearer = format!("Authorization: Bearer {token}\r\n");
+        let (code, body) =
+            metrics_get(&t, "127.0.0.1", "/status.json", "attacker.example", &bearer);
+        assert_eq!(code, 200, "{body}");
+        let (code, _) = metrics_get(&t, "127.0.0.1", "/status.json", "attacker.example", "");
+        assert_eq!(code, 401);
+    }
+
+    /// A TLS client with ALPN `protocols`, handshake done, from `bind`.
+    fn tls_alpn(
+        addr: SocketAddr,
+        ca: &TestCa,
+        bind: IpAddr,
+        protocols: &[&[u8]],
+    ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let tcp = connect_from(addr, Some(bind));
+        let mut config = ca.client_config();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        tls
+    }
+
+    /// Connections that never send a request used to stay for Pingora's
+    /// fixed 60 s (HTTP/1, the redirect and metrics listeners) or for ever
+    /// (HTTP/2 without its preface). Now every listener closes them at
+    /// `request_header_timeout` from the connection's start, and an idle
+    /// keep-alive on the metrics listener at `keepalive_timeout`.
+    #[test]
+    fn connections_that_send_no_request_are_closed_at_the_head_deadline_on_every_listener() {
+        let s = Server::with(Options {
+            extra: "\n[limits]\nrequest_header_timeout = \"2s\"\nkeepalive_timeout = \"3s\"\n"
+                .into(),
+            ..Options::default()
+        });
+        let from = attacker();
+        let started = Instant::now();
+        let mut plain: Vec<TcpStream> = Vec::new();
+        for _ in 0..10 {
+            plain.push(connect_from(s.metrics, Some(ip("127.0.0.5"))));
+            plain.push(connect_from(s.http, Some(from)));
+        }
+        // A scraper's kept-alive connection, idle after one answer.
+        let mut idle = connect_from(s.metrics, Some(ip("127.0.0.5")));
+        idle.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut first = [0u8; 12];
+        idle.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        let mut tls: Vec<_> = (0..80)
+            .map(|_| tls_alpn(s.https, &s.ca, from, &[b"h2"]))
+            .collect();
+        for _ in 0..10 {
+            tls.push(tls_alpn(s.https, &s.ca, from, &[b"http/1.1"]));
+        }
+        for _ in 0..5 {
+            let mut half = tls_alpn(s.https, &s.ca, from, &[b"h2"]);
+            half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+            half.flush().unwrap();
+            tls.push(half);
+        }
+        let done = eventually(Duration::from_secs(20), || {
+            plain.retain_mut(|c| !closed_by_server(c));
+            tls.retain_mut(|c| !closed_by_server(&mut c.sock));
+            plain.is_empty() && tls.is_empty()
+        });
+        let took = started.elapsed();
+        assert!(
+            done,
+            "{} plain and {} TLS connections still open after {took:?}",
+            plain.len(),
+            tls.len()
+        );
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        eprintln!("116 silent connections closed after {took:?}");
+        // The idle keep-alive goes at its own timeout (Pingora's is 60 s).
+        let mut rest = Vec::new();
+        assert!(idle.read_to_end(&mut rest).is_ok(), "kept open");
+        assert!(
+            metric(
+                &s,
+                "visitord_closed_connections_total{reason=\"head_timeout\"}"
+            ) >= 115.0,
+            "{}",
+            s.metrics_text()
+        );
+        assert_eq!(api_from(&s, client()), Some(200));
+        let logs = s.logs();
+        assert!(
+            !logs.contains(" ERROR ") && !logs.contains(" WARN "),
+            "{logs}"
+        );
+    }
+
+    /// Up to 100 streams of a site answer on each of `connections` HTTP/2
+    /// connections from the attacker, with a window of zero that is never
+    /// opened: their answers' heads, whose bodies can never be sent.
+    fn zero_window_streams(
+        runtime: &tokio::runtime::Runtime,
+        s: &Server,
+        connections: usize,
+    ) -> Vec<h2::RecvStream> {
+        let mut config = s.ca.client_config();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let url = format!("https://site.example.com:{}/", s.https.port());
+        let https = s.https;
+        runtime.block_on(async move {
+            let mut pending = Vec::new();
+            for _ in 0..connections {
+                let tcp = connect_from(https, Some(attacker()));
+                tcp.set_nonblocking(true).unwrap();
+                let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+                let name = rustls::pki_types::ServerName::try_from("site.example.com").unwrap();
+                // Over the client's cap (its streams' upstream connections
+                // count), a connection is closed at accept.
+                let Ok(tls) = connector.connect(name, tcp).await else {
+                    continue;
+                };
+                let Ok((client, connection)) = h2::client::Builder::new()
+                    .initial_window_size(0)
+                    .handshake::<_, bytes::Bytes>(tls)
+                    .await
+                else {
+                    continue;
+                };
+                tokio::spawn(connection);
+                for _ in 0..100 {
+                    let mut ready = client.clone().ready().await.unwrap();
+                    let request = http::Request::get(&url).body(()).unwrap();
+                    let (response, _) = ready.send_request(request, true).unwrap();
+                    pending.push(response);
+                }
+            }
+            let mut bodies = Vec::new();
+            for response in pending {
+                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(10), response).await {
+                    bodies.push(r.into_body());
+                }
+            }
+            bodies
+        })
+    }
+
+    /// A client that opens HTTP/2 streams with a window of zero and never
+    /// opens it held each stream and its upstream connection for ever
+    /// (500 of them: descriptors 43 -> 548, unchanged after 30 s). Now a
+    /// stream whose answer cannot be written for `limits.send_timeout` is
+    /// reset and its upstream connection released, and the upstream
+    /// connections held for one client count against its connection cap.
+    #[test]
+    fn zero_window_http2_streams_are_reset_at_the_send_timeout() {
+        let up = Upstream::start("a");
+        let s = Server::with(Options {
+            extra: format!(
+                "\n[limits]\nsend_timeout = \"3s\"\n\n[[site]]\nhosts = [\"site.example.com\"]\nupstreams = [\"{}\"]\n",
+                up.addr
+            ),
+            ..Options::default()
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let before = open_files(&s);
+        let mut bodies = zero_window_streams(&runtime, &s, 5);
+        let started = Instant::now();
+        // Every stream of an accepted connection got its answer's head
+        // (the site's, or 429 over the cap); later connections were refused.
+        assert!(bodies.len() >= 200, "{} streams", bodies.len());
+        assert_eq!(bodies.len() % 100, 0, "{} streams", bodies.len());
+        let during = open_files(&s);
+        assert!(
+            during >= before + 60,
+            "{during} (was {before}): streams not held"
+        );
+        // 5 client connections and their upstream connections: at most the
+        // per-client cap (128) together.
+        assert!(during <= before + 128 + 10, "{during} (was {before})");
+        eprintln!(
+            "{} zero-window streams: descriptors {before} -> {during}",
+            bodies.len()
+        );
+        assert_eq!(api_from(&s, client()), Some(200));
+        let released = eventually(Duration::from_secs(20), || open_files(&s) <= before + 20);
+        let took = started.elapsed();
+        assert!(
+            released,
+            "{} open files after {took:?} (was {before})",
+            open_files(&s)
+        );
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        eprintln!("back to {} descriptors after {took:?}", open_files(&s));
+        // Every stream was reset, none finished.
+        let reset = runtime.block_on(async {
+            let mut reset = 0;
+            for body in &mut bodies {
+                let next = tokio::time::timeout(Duration::from_secs(5), body.data()).await;
+                if let Ok(Some(Err(_))) = next {
+                    reset += 1;
+                }
+            }
+            reset
+        });
+        assert_eq!(reset, bodies.len());
+        // The streams over the cap were refused (429), or the connections
+        // that carried them (at accept).
+        assert!(
+            metric(&s, "visitord_rate_limited_total{reason=\"connections\"}") > 0.0,
+            "{}",
+            s.metrics_text()
+        );
+        assert_eq!(api_from(&s, client()), Some(200));
+    }
+
+    /// A PROXY protocol listener counted only the server cap while the
+    /// header was read (one TCP peer held 1,000 silent connections) and
+    /// started the handshake deadline after the header. Now the TCP peer
+    /// holds its place from accept, and the deadline runs from accept.
+    #[test]
+    fn a_proxy_protocol_listener_caps_the_tcp_peer_and_times_the_handshake_from_accept() {
+        let pp = super::common::free_port();
+        let s = Server::with(Options {
+            extra: format!(
+                "\n[[listen]]\naddr = \"127.0.0.1:{pp}\"\ntls = true\nproxy_protocol = true\n\n\
+                 [limits]\nmax_connections_per_ip = 20\ntls_handshake_timeout = \"4s\"\n"
+            ),
+            ..Options::default()
+        });
+        let pp: SocketAddr = format!("127.0.0.1:{pp}").parse().unwrap();
+        let before = open_files(&s);
+        let mut held: Vec<TcpStream> = (0..100)
+            .map(|_| connect_from(pp, Some(attacker())))
+            .collect();
+        assert!(
+            eventually(Duration::from_secs(3), || {
+                metric(&s, "visitord_rate_limited_total{reason=\"connections\"}") >= 80.0
+            }),
+            "{}",
+            s.metrics_text()
+        );
+        assert!(
+            open_files(&s) <= before + 20 + 10,
+            "{} (was {before})",
+            open_files(&s)
+        );
+        assert_eq!(api_from(&s, client()), Some(200));
+        assert!(eventually(Duration::from_secs(10), || {
+            held.retain_mut(|c| !closed_by_server(c));
+            held.is_empty()
+        }));
+
+        // A header sent 3 s after accept, then nothing: closed at the 4 s
+        // deadline counted from accept, not 4 s after the header.
+        let mut late = connect_from(pp, Some(client()));
+        let accepted = Instant::now();
+        std::thread::sleep(Duration::from_secs(3));
+        late.write_all(b"PROXY TCP4 81.2.69.142 127.0.0.1 40000 443\r\n")
+            .unwrap();
+        late.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = late.read(&mut [0u8; 16]);
+        let took = accepted.elapsed();
+        assert!(
+            (Duration::from_millis(3500)..Duration::from_millis(6000)).contains(&took),
+            "{took:?}"
+        );
+    }
 }

@@ -29,6 +29,7 @@ pub use store_url::StoreUrl;
 
 use crate::limits::ClientPrefixes;
 use crate::net::client_ip::TrustedProxies;
+use crate::net::host::{normalize, Unicode};
 use crate::observe::metrics_access::{is_loopback, AllowList};
 use raw::{
     parse_toml, read, RawConfig, RawGeo, RawLimits, RawListen, RawMetrics, RawServer, RawTls,
@@ -80,6 +81,10 @@ pub struct Limits {
     pub client_prefixes: ClientPrefixes,
     /// Longest HTTP/1 request head (request line and headers), in bytes.
     pub max_request_head: usize,
+    /// How long an answer may wait to be written to a client that does not
+    /// take it (an HTTP/2 flow-control window left at zero, a full socket)
+    /// before its stream or connection is reset; `None`: no limit.
+    pub send_timeout: Option<Duration>,
     /// Where a fleet adds up its project counts; `None`: per node.
     pub shared_store: Option<SharedStore>,
 }
@@ -158,6 +163,10 @@ pub struct Metrics {
     /// A file holding the bearer token every request must present; read
     /// by the snapshot, so a new token takes effect on reload.
     pub token_file: Option<PathBuf>,
+    /// Host names (normalised) answered without a token besides loopback
+    /// names and addresses and the listener's own address; any other
+    /// `Host` is refused unless a token is configured (DNS rebinding).
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -333,10 +342,21 @@ fn metrics(
             format!("{} is also a [[listen]] address", l.addr),
         ));
     }
+    let hosts = raw
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            normalize(h, Unicode::ToPunycode)
+                .map(|host| host.as_str().to_owned())
+                .map_err(|e| ConfigError::invalid(file, format!("metrics.hosts[{i}]"), e))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Metrics {
         addr: raw.addr,
         allow: AllowList::new(raw.allow),
         token_file,
+        hosts,
     })
 }
 
@@ -455,6 +475,7 @@ fn limits(
             v6: raw.ipv6_prefix,
         },
         max_request_head: raw.max_request_head as usize,
+        send_timeout: Some(raw.send_timeout).filter(|d| !d.is_zero()),
         shared_store: shared_store(file, raw, resolve)?,
     })
 }
@@ -473,6 +494,11 @@ fn limits_problem(raw: &RawLimits) -> Option<(&'static str, &'static str)> {
         (
             "limits.keepalive_timeout",
             raw.keepalive_timeout > hour,
+            "longer than 1h",
+        ),
+        (
+            "limits.send_timeout",
+            raw.send_timeout > hour,
             "longer than 1h",
         ),
         (
@@ -1082,6 +1108,38 @@ addr = "127.0.0.1:9180"
         assert!(c.source_files().contains(&token), "a new token reloads");
         let e = error(&text("addr = \"0.0.0.0:9180\"\nallow = [\"10.0.0.0/33\"]"));
         assert!(e.contains("metrics.allow"), "{e}");
+    }
+
+    #[test]
+    fn metrics_hosts_are_normalised_names() {
+        let text =
+            |hosts: &str| GOOD.replace("[metrics]\n", &format!("[metrics]\nhosts = {hosts}\n"));
+        let c = parse(&text(
+            r#"["Metrics.Example.", "bücher.example", "10.0.0.5"]"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.metrics.unwrap().hosts,
+            ["metrics.example", "xn--bcher-kva.example", "10.0.0.5"]
+        );
+        let e = error(&text(r#"["ok.example", "a b"]"#));
+        assert!(e.contains("metrics.hosts[1]"), "{e}");
+        assert_eq!(
+            parse(GOOD).unwrap().metrics.unwrap().hosts,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn send_timeout_has_a_default_and_zero_turns_it_off() {
+        assert_eq!(
+            parse(GOOD).unwrap().limits.send_timeout,
+            Some(Duration::from_secs(20))
+        );
+        let c = parse(&format!("{GOOD}\n[limits]\nsend_timeout = \"0s\"\n")).unwrap();
+        assert_eq!(c.limits.send_timeout, None);
+        let e = error(&format!("{GOOD}\n[limits]\nsend_timeout = \"2h\"\n"));
+        assert!(e.contains("limits.send_timeout: longer than 1h"), "{e}");
     }
 
     #[test]

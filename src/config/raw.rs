@@ -133,6 +133,8 @@ pub(super) struct RawLimits {
     pub(super) ipv6_prefix: u8,
     #[serde(default = "default_max_request_head")]
     pub(super) max_request_head: u32,
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub(super) send_timeout: Duration,
     /// `""`: no shared store, project limits count per node.
     #[serde(default)]
     pub(super) shared_store: String,
@@ -155,6 +157,7 @@ impl Default for RawLimits {
             ipv4_prefix: default_ipv4_prefix(),
             ipv6_prefix: default_ipv6_prefix(),
             max_request_head: default_max_request_head(),
+            send_timeout: default_send_timeout(),
             shared_store: String::new(),
             shared_store_password_file: None,
             shared_store_ca: None,
@@ -208,6 +211,13 @@ fn default_ipv6_prefix() -> u8 {
 /// head of that size; browsers send 1-2 KiB.
 fn default_max_request_head() -> u32 {
     32 * 1024
+}
+
+/// Long enough for a slow network, short enough that a client that stops
+/// reading (an HTTP/2 window left at zero) gives its streams and upstream
+/// connections back soon.
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(20)
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +332,9 @@ pub(super) struct RawMetrics {
     /// `""` is the same as no token.
     #[serde(default)]
     pub(super) token_file: Option<PathBuf>,
+    /// Host names answered without a token, besides loopback ones.
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
 }
 
 impl Default for RawMetrics {
@@ -331,6 +344,7 @@ impl Default for RawMetrics {
             addr: default_metrics_addr(),
             allow: Vec::new(),
             token_file: None,
+            hosts: Vec::new(),
         }
     }
 }

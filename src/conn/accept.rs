@@ -12,13 +12,14 @@
 //!
 //! - it takes the connection's place in the counts (`limits.max_connections`
 //!   in all, `limits.max_connections_per_ip` per client network), or closes
-//!   it at once;
+//!   it at once; on a PROXY protocol listener the TCP peer holds that place
+//!   until the header names the client, whose place it then becomes;
 //! - it parks that place in the accepted stream's `tracer` slot, the one
 //!   per-connection value Pingora's L4 stream carries and drops when the
 //!   socket closes, so the place is released however the connection ends:
 //!   a failed or timed-out handshake, or the end of a served connection;
 //! - it starts a watchdog that shuts the socket down if the handshake is
-//!   not done within `limits.tls_handshake_timeout`;
+//!   not done within `limits.tls_handshake_timeout` of accept;
 //! - it answers an ACME CA's TLS-ALPN-01 handshake itself
 //!   (`acme_service::TlsAlpnResponder`), which Pingora's TLS settings cannot.
 //!
@@ -79,17 +80,18 @@ impl PreTlsProcess for AcceptGate {
     async fn process(&self, stream: &mut L4Stream) -> Result<()> {
         let snap = self.shared.load_full();
         let limits = &snap.config.limits;
+        // The handshake deadline runs from accept, the PROXY header included.
+        let deadline = tokio::time::Instant::now() + limits.tls_handshake_timeout;
         let fd = stream.as_raw_fd();
-        let place = if self.proxy_protocol {
-            // The balancer is the peer until its header names the client:
-            // only the server cap applies while the header is read.
-            let early = admit(&self.registry, &snap, None)?;
-            read_proxy_header(stream, fd).await?;
-            drop(early);
-            admit(&self.registry, &snap, peer_ip(stream))?
-        } else {
-            admit(&self.registry, &snap, peer_ip(stream))?
-        };
+        // The TCP peer holds a place from accept: on a PROXY protocol
+        // listener that is whoever connected, until its header names the
+        // client (a trusted balancer is exempt from the per-client cap).
+        let mut place = admit(&self.registry, &snap, peer_ip(stream))?;
+        if self.proxy_protocol {
+            read_proxy_header(stream, fd, deadline).await?;
+            drop(place);
+            place = admit(&self.registry, &snap, peer_ip(stream))?;
+        }
         let held = Arc::new(Held {
             fd,
             state: Mutex::new(State::Handshaking),
@@ -97,10 +99,9 @@ impl PreTlsProcess for AcceptGate {
         });
         register(fd, &held);
         stream.tracer = Some(Tracer(Box::new(Holder(Some(Arc::clone(&held))))));
-        let timeout = limits.tls_handshake_timeout;
         let watched = Arc::downgrade(&held);
         tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
+            tokio::time::sleep_until(deadline).await;
             expire(&watched);
         });
         self.acme.answer(stream).await
@@ -114,24 +115,32 @@ pub fn admit(
     snap: &Snapshot,
     peer: Option<IpAddr>,
 ) -> Result<ConnectionPlace> {
+    place_for(registry, snap, peer).or_else(|refusal: Refusal| {
+        METRICS
+            .rate_limited
+            .with_label_values(&[refusal.exceeded.as_label()])
+            .inc();
+        Error::e_explain(ErrorType::ConnectRefused, CONNECTION_REFUSED)
+    })
+}
+
+/// A place in the connection counts for `peer`, against the caps of
+/// `snap`: a connection's, or an upstream connection's held for a client.
+pub fn place_for(
+    registry: &Registry,
+    snap: &Snapshot,
+    peer: Option<IpAddr>,
+) -> std::result::Result<ConnectionPlace, Refusal> {
     let limits = &snap.config.limits;
     // A trusted proxy multiplexes many clients; only the server cap applies.
     let client = peer
         .filter(|&ip| !snap.config.client_ip.trusted_proxies.contains(ip))
         .map(|ip| limits.client_prefixes.key(ip));
-    registry
-        .open(
-            client,
-            limits.max_connections_per_ip,
-            limits.max_connections,
-        )
-        .or_else(|refusal: Refusal| {
-            METRICS
-                .rate_limited
-                .with_label_values(&[refusal.exceeded.as_label()])
-                .inc();
-            Error::e_explain(ErrorType::ConnectRefused, CONNECTION_REFUSED)
-        })
+    registry.open(
+        client,
+        limits.max_connections_per_ip,
+        limits.max_connections,
+    )
 }
 
 /// The peer of an accepted stream.
@@ -241,10 +250,16 @@ fn expire(watched: &Weak<Held>) {
 /// Reads the PROXY protocol header and makes its source address the
 /// connection's peer address, so `Session::client_addr` (hence the API,
 /// `X-Forwarded-For` and the trusted-proxy rules) sees the client the
-/// balancer accepted. A connection without a valid header is closed (the
-/// error ends the handshake).
-async fn read_proxy_header(stream: &mut L4Stream, fd: RawFd) -> Result<()> {
-    let header = tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_header(stream))
+/// balancer accepted. A connection without a valid header, or whose header
+/// has not arrived by `deadline` (the handshake's) or within
+/// [`PROXY_HEADER_TIMEOUT`], is closed (the error ends the handshake).
+async fn read_proxy_header(
+    stream: &mut L4Stream,
+    fd: RawFd,
+    deadline: tokio::time::Instant,
+) -> Result<()> {
+    let limit = deadline.min(tokio::time::Instant::now() + PROXY_HEADER_TIMEOUT);
+    let header = tokio::time::timeout_at(limit, read_header(stream))
         .await
         .or_else(|_| {
             Error::e_explain(

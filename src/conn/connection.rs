@@ -8,12 +8,17 @@
 //!   (`request_head::HeadWatch`): Pingora times each read, not the head as a
 //!   whole, so a client trickling one byte just inside every read timeout
 //!   could hold a connection for as long as it likes (slowloris), and it
-//!   reads heads of up to 1 MiB.
+//!   reads heads of up to 1 MiB. The first request (on HTTP/2, the client
+//!   preface) is timed from the connection's start, so a client that sends
+//!   nothing is closed at the same deadline.
+//! - On the metrics listener, a peer outside `metrics.allow` is closed
+//!   before a byte is read, and its connections count like any other.
 //! - The wrapper keeps the count of open connections that lets a graceful
 //!   shutdown end as soon as the last one has closed (`Registry::serving`)
 //!   instead of always waiting out the grace period.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::HeaderValue;
+use pingora::apps::http_app::ServeHttp;
 use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -37,8 +43,9 @@ use crate::conn::accept;
 use crate::conn::registry::{ConnectionPlace, Registry, Serving};
 use crate::conn::request_head::{HeadLimits, HeadWatch, Phase};
 use crate::observe::metrics::METRICS;
+use crate::observe::metrics_access;
 use crate::request::answer;
-use crate::snapshot::Shared;
+use crate::snapshot::{Shared, Snapshot};
 
 /// Wraps an HTTP application (Pingora's `HttpProxy`) with the limits above.
 pub struct Guarded<A> {
@@ -47,6 +54,9 @@ pub struct Guarded<A> {
     registry: Arc<Registry>,
     /// The listener terminates TLS (its answers carry HSTS).
     tls: bool,
+    /// The metrics listener's bound address: its peers must be ones
+    /// `metrics.allow` admits.
+    metrics: Option<SocketAddr>,
 }
 
 impl<A> Guarded<A> {
@@ -56,8 +66,26 @@ impl<A> Guarded<A> {
             shared,
             registry,
             tls,
+            metrics: None,
         }
     }
+
+    /// The metrics listener, bound to `bound` (restart to change).
+    pub fn metrics_listener(self, bound: SocketAddr) -> Guarded<A> {
+        Guarded {
+            metrics: Some(bound),
+            ..self
+        }
+    }
+}
+
+/// Whether a peer may connect to the metrics listener at all.
+fn metrics_peer_admitted(snap: &Snapshot, bound: SocketAddr, peer: Option<IpAddr>) -> bool {
+    let Some(m) = &snap.config.metrics else {
+        return false;
+    };
+    let peer = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    metrics_access::may_connect(bound.ip(), peer, &m.allow, snap.metrics_token.as_ref())
 }
 
 #[async_trait]
@@ -76,27 +104,27 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let limited = {
             let snap = self.shared.load();
             let limits = &snap.config.limits;
-            let place = if accept::handshake_done(stream.id()) {
-                None
-            } else {
-                match accept::admit(&self.registry, &snap, accept::peer_ip(&*stream)) {
-                    Ok(place) => Some(place),
-                    Err(_) => return None,
-                }
+            let place = self.admit(&snap, &stream)?;
+            let deadline = Some(limits.request_header_timeout).filter(|d| !d.is_zero());
+            // HTTP/2 frames its headers itself, with the h2 crate's bounds;
+            // only its preface is watched.
+            let head = match stream.selected_alpn_proto() {
+                Some(ALPN::H2) => HeadWatch::h2_preface(deadline),
+                _ => HeadWatch::first_request(HeadLimits {
+                    deadline,
+                    max_len: limits.max_request_head,
+                }),
             };
-            // HTTP/2 frames its headers itself, with the h2 crate's bounds.
-            let h1 = stream.selected_alpn_proto() != Some(ALPN::H2);
-            let head = h1.then_some(HeadLimits {
-                deadline: Some(limits.request_header_timeout).filter(|d| !d.is_zero()),
-                max_len: limits.max_request_head,
-            });
             let hsts = self
                 .tls
                 .then(|| snap.config.tls.as_ref()?.hsts.clone())
                 .flatten();
+            // A drain waits for the HTTP listeners' connections, not for a
+            // scraper's idle keep-alive.
+            let serving = self.metrics.is_none().then(|| self.registry.serve());
             Limited {
                 hsts,
-                ..Limited::new(stream, place, self.registry.serve(), head)
+                ..Limited::new(stream, place, serving, head)
             }
         };
         self.inner.process_new(Box::new(limited), shutdown).await
@@ -107,13 +135,59 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 }
 
+impl<A> Guarded<A> {
+    /// The connection's place in the counts (`Some(None)`: the accept gate
+    /// holds it already), or `None` to close it now.
+    fn admit(&self, snap: &Snapshot, stream: &Stream) -> Option<Option<ConnectionPlace>> {
+        let peer = accept::peer_ip(&**stream);
+        if let Some(bound) = self.metrics {
+            if !metrics_peer_admitted(snap, bound, peer) {
+                count_closed("not_allowed");
+                return None;
+            }
+        }
+        if accept::handshake_done(stream.id()) {
+            return Some(None);
+        }
+        accept::admit(&self.registry, snap, peer).ok().map(Some)
+    }
+}
+
+/// A plain HTTP application (Pingora's `ServeHttp`: the metrics listener)
+/// held to the same keep-alive bounds as the proxy: Pingora's own HTTP app
+/// keeps an idle connection 60 s whatever the configuration says, and
+/// never tells the head watch that a request is finished.
+pub struct KeepAliveBound<A> {
+    inner: A,
+    shared: Shared,
+}
+
+impl<A> KeepAliveBound<A> {
+    pub fn new(inner: A, shared: Shared) -> KeepAliveBound<A> {
+        KeepAliveBound { inner, shared }
+    }
+}
+
+#[async_trait]
+impl<A: ServeHttp + Send + Sync> ServeHttp for KeepAliveBound<A> {
+    async fn response(&self, s: &mut ServerSession) -> http::Response<Vec<u8>> {
+        if s.get_keepalive().is_some() {
+            let secs = self.shared.load().config.limits.keepalive_timeout.as_secs();
+            s.set_keepalive((secs > 0).then_some(secs));
+        }
+        let response = self.inner.response(s).await;
+        finish_request(s);
+        response
+    }
+}
+
 /// The accepted stream with its connection place and head watch.
 #[derive(Debug)]
 pub struct Limited {
     inner: Stream,
     /// `None` when the accept gate holds the place.
     _place: Option<ConnectionPlace>,
-    _serving: Serving,
+    _serving: Option<Serving>,
     head: Option<HeadWatch>,
     /// `Strict-Transport-Security` for an answer written here (TLS
     /// listeners with `tls.hsts`).
@@ -130,14 +204,14 @@ impl Limited {
     fn new(
         inner: Stream,
         place: Option<ConnectionPlace>,
-        serving: Serving,
-        head: Option<HeadLimits>,
+        serving: Option<Serving>,
+        head: HeadWatch,
     ) -> Limited {
         Limited {
             inner,
             _place: place,
             _serving: serving,
-            head: head.map(HeadWatch::new),
+            head: Some(head),
             hsts: None,
             request_finished: AtomicBool::new(false),
             unwritten: Vec::new(),

@@ -8,6 +8,14 @@
 //! (`limits.request_header_timeout`, against slowloris) and a size
 //! (`limits.max_request_head`), and `connection::Limited` ends the
 //! connection when either is passed.
+//!
+//! A connection's first request is timed from the connection's start (the
+//! end of the TLS handshake, or accept on a plain listener), not from its
+//! first byte: a client that connects and sends nothing would otherwise
+//! wait for Pingora's fixed 60 s read timeout (HTTP/1), or for ever
+//! (HTTP/2, whose handshake has no deadline in Pingora 0.9.1). On an HTTP/2
+//! connection the "head" is the client preface and the frame after it (its
+//! SETTINGS, RFC 9113 §3.4); the h2 crate bounds everything after that.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -39,6 +47,37 @@ pub struct HeadWatch {
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
     newlines: u8,
+    /// HTTP/2: the preface and the length of the frame that follows it.
+    preface: Option<Preface>,
+}
+
+/// The first bytes of an HTTP/2 connection: the 24-byte client preface,
+/// then a frame header whose first three bytes are the frame's length.
+#[derive(Debug, Default)]
+struct Preface {
+    start: [u8; PREFACE_AND_LENGTH],
+    filled: usize,
+}
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (24 bytes) and a frame length (3).
+const PREFACE_AND_LENGTH: usize = 24 + 3;
+/// A frame header is 9 bytes.
+const FRAME_HEADER: usize = 9;
+
+impl Preface {
+    /// Where in `bytes` (the read after `seen` bytes of the connection) the
+    /// preface's first frame ends.
+    fn end(&mut self, seen: usize, bytes: &[u8]) -> Option<usize> {
+        let take = (PREFACE_AND_LENGTH - self.filled).min(bytes.len());
+        self.start[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+        self.filled += take;
+        if self.filled < PREFACE_AND_LENGTH {
+            return None;
+        }
+        let [a, b, c] = [self.start[24], self.start[25], self.start[26]].map(usize::from);
+        let total = 24 + FRAME_HEADER + (a << 16 | b << 8 | c);
+        (seen + bytes.len() >= total).then(|| total - seen)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +103,29 @@ impl HeadWatch {
             sleep: None,
             armed: false,
             newlines: 0,
+            preface: None,
+        }
+    }
+
+    /// The watch of a new connection's first HTTP/1 request, timed from now.
+    pub fn first_request(limits: HeadLimits) -> HeadWatch {
+        HeadWatch {
+            phase: Phase::Head,
+            started: Some(Instant::now()),
+            ..HeadWatch::new(limits)
+        }
+    }
+
+    /// The watch of a new HTTP/2 connection's preface, timed from now. Its
+    /// length is bounded by the h2 crate (a frame over its maximum size is
+    /// a protocol error), not by `max_len`.
+    pub fn h2_preface(deadline: Option<Duration>) -> HeadWatch {
+        HeadWatch {
+            preface: Some(Preface::default()),
+            ..HeadWatch::first_request(HeadLimits {
+                deadline,
+                max_len: usize::MAX,
+            })
         }
     }
 
@@ -84,7 +146,10 @@ impl HeadWatch {
             }
             Phase::Idle | Phase::Head => {}
         }
-        let end = self.find_end(bytes);
+        let end = match &mut self.preface {
+            Some(preface) => preface.end(self.len, bytes),
+            None => self.find_end(bytes),
+        };
         self.len += end.unwrap_or(bytes.len());
         if self.len > self.limits.max_len {
             self.phase = Phase::TooLarge;
@@ -120,7 +185,7 @@ impl HeadWatch {
     /// next byte read starts a new head. (Not the first response byte: a
     /// response can start while the request body is still coming.)
     pub fn next_request(&mut self) {
-        if self.phase != Phase::TooLarge {
+        if self.phase != Phase::TooLarge && self.preface.is_none() {
             self.phase = Phase::Idle;
         }
     }
@@ -316,6 +381,55 @@ mod tests {
         // Once complete, it never expires.
         c.on_read(b"\r\n");
         assert!(!c.expired(&mut cx));
+    }
+
+    #[tokio::test]
+    async fn a_first_request_is_timed_from_the_connection_start() {
+        let limits = HeadLimits {
+            deadline: Some(Duration::from_millis(30)),
+            max_len: 1024,
+        };
+        let waker = std::task::Waker::noop().clone();
+        let mut cx = Context::from_waker(&waker);
+        // Nothing sent at all.
+        let mut c = HeadWatch::first_request(limits);
+        assert!(!c.expired(&mut cx));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(c.expired(&mut cx));
+        // A request in time ends the watch; the next one is timed from its
+        // first byte again.
+        let mut c = HeadWatch::first_request(limits);
+        c.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(c.phase, Phase::Done);
+        c.next_request();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(!c.expired(&mut cx), "an idle keep-alive is not a head");
+    }
+
+    #[tokio::test]
+    async fn an_h2_preface_ends_after_its_first_frame() {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        // SETTINGS, 12 bytes of payload.
+        bytes.extend_from_slice(&[0, 0, 12, 4, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0; 12]);
+        for split in [1, 5, 24, 26, 27, 32, 33, 44, bytes.len()] {
+            let mut c = HeadWatch::h2_preface(Some(Duration::from_millis(30)));
+            for chunk in bytes[..bytes.len() - 1].chunks(split) {
+                c.on_read(chunk);
+            }
+            assert_eq!(c.phase, Phase::Head, "split {split}");
+            c.on_read(&bytes[bytes.len() - 1..]);
+            assert_eq!(c.phase, Phase::Done, "split {split}");
+            c.next_request();
+            assert_eq!(c.phase, Phase::Done, "HTTP/2 has no second preface");
+        }
+        // Half a preface, then silence.
+        let mut c = HeadWatch::h2_preface(Some(Duration::from_millis(30)));
+        c.on_read(&bytes[..10]);
+        let waker = std::task::Waker::noop().clone();
+        let mut cx = Context::from_waker(&waker);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(c.expired(&mut cx));
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use std::path::Path;
 use subtle::ConstantTimeEq;
 
 use crate::net::client_ip::Networks;
+use crate::net::host::parse_authority;
 
 /// The shortest token accepted: anything shorter can be guessed over the
 /// network.
@@ -88,6 +89,55 @@ pub enum Access {
     TokenRequired,
 }
 
+/// Whether a connection from `peer` to a listener on `listener` may be
+/// read at all: the address half of [`decide`], applied at accept so that
+/// a refused peer is closed before it sends a byte.
+pub fn may_connect(
+    listener: IpAddr,
+    peer: IpAddr,
+    allow: &AllowList,
+    token: Option<&MetricsToken>,
+) -> bool {
+    decide(listener, peer, allow, token, None) != Access::AddressRefused
+}
+
+/// Whether a request naming `host` (its `Host` header) may be answered,
+/// against DNS rebinding: a web page can point a name it controls at
+/// 127.0.0.1 (or at an `ssh -L` tunnel) and read the answer as same-origin.
+/// With a token the name does not matter (the page cannot know the token);
+/// without one, only loopback names and addresses, the addresses the
+/// listener is reached at, and the `metrics.hosts` names are answered. A
+/// request without `Host` (HTTP/1.0) is answered: browsers always send one.
+pub fn host_allowed(
+    host: Option<&[u8]>,
+    listener: &[IpAddr],
+    names: &[String],
+    token: bool,
+) -> bool {
+    let Some(raw) = host else {
+        return true;
+    };
+    if token {
+        return true;
+    }
+    let Ok(authority) = parse_authority(raw) else {
+        return false;
+    };
+    let host = authority.host;
+    if host.loopback {
+        return true;
+    }
+    if let Some(ip) = host.ip() {
+        if listener
+            .iter()
+            .any(|l| l.to_canonical() == ip.to_canonical())
+        {
+            return true;
+        }
+    }
+    names.iter().any(|name| name == host.as_str())
+}
+
 /// Applies `allow` and `token` to a request from `peer`, carrying the
 /// `authorization` header value, to a listener bound to `listener`.
 ///
@@ -140,6 +190,65 @@ mod tests {
 
     fn allow(nets: &[&str]) -> AllowList {
         AllowList::new(nets.iter().map(|n| n.parse().unwrap()))
+    }
+
+    #[test]
+    fn only_loopback_and_listed_hosts_are_answered_without_a_token() {
+        let listener = ["10.0.0.5".parse().unwrap()];
+        let names = ["metrics.internal".to_owned()];
+        let allowed = |host: &str| host_allowed(Some(host.as_bytes()), &listener, &names, false);
+        for host in [
+            "localhost",
+            "LOCALHOST:9180",
+            "localhost.",
+            "prometheus.localhost:9180",
+            "127.0.0.1:9180",
+            "127.8.9.10",
+            "[::1]:9180",
+            "10.0.0.5:9180",
+            "metrics.internal",
+            "Metrics.Internal.:9180",
+        ] {
+            assert!(allowed(host), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:9180",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.6",
+            "metrics.internal.evil",
+            "",
+            "a b",
+        ] {
+            assert!(!allowed(host), "{host}");
+        }
+        assert!(host_allowed(
+            Some(b"attacker.example"),
+            &listener,
+            &names,
+            true
+        ));
+        assert!(host_allowed(None, &listener, &names, false));
+    }
+
+    #[test]
+    fn peers_outside_the_allow_list_may_not_connect() {
+        let list = allow(&["10.0.0.0/8"]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(may_connect(LOCAL, ip("10.1.2.3"), &list, None));
+        assert!(!may_connect(LOCAL, ip("127.0.0.9"), &list, None));
+        let token = MetricsToken::parse(TOKEN).unwrap();
+        assert!(!may_connect(LOCAL, ip("127.0.0.9"), &list, Some(&token)));
+        let none = AllowList::default();
+        assert!(may_connect(LOCAL, ip("127.0.0.9"), &none, None));
+        assert!(!may_connect(ip("0.0.0.0"), ip("192.0.2.1"), &none, None));
+        assert!(may_connect(
+            ip("0.0.0.0"),
+            ip("192.0.2.1"),
+            &none,
+            Some(&token)
+        ));
     }
 
     #[test]

@@ -170,6 +170,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// put back. A CA's handshake is completed here with the challenge
 /// certificate and the connection closed; every other connection goes on
 /// to Pingora untouched. With `challenge = "http-01"` nothing is read.
+/// A ClientHello split across TLS records is not recognised (CAs send it
+/// in one; docs/certificates.md says so).
 pub struct TlsAlpnResponder {
     shared: Shared,
 }

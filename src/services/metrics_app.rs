@@ -18,8 +18,11 @@ use crate::snapshot::{Shared, Snapshot};
 
 /// The metrics listener: Prometheus text on `/metrics`, the dashboard on
 /// `/` and its facts on `/status.json`, for the peers and token
-/// `metrics.allow` and `metrics.token_file` admit; `/healthz` for anyone
-/// who can connect (it tells nothing but "alive").
+/// `metrics.allow` and `metrics.token_file` admit; `/healthz` and
+/// `/readyz` for anyone who can connect (they tell nothing but "alive").
+/// Peers outside `metrics.allow` cannot connect at all (the connection
+/// guard closes them at accept). Without a token, only loopback and listed
+/// `Host` names are answered (`metrics.hosts`; DNS rebinding).
 pub struct MetricsApp {
     shared: Shared,
     history: Arc<ReloadHistory>,
@@ -65,6 +68,27 @@ impl MetricsApp {
         )
     }
 
+    /// DNS rebinding: see `metrics_access::host_allowed`.
+    fn host_allowed(&self, s: &ServerSession, snap: &Snapshot) -> bool {
+        let header = s.req_header();
+        let host = header
+            .headers
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| header.uri.authority().map(|a| a.as_str().as_bytes()));
+        let local = s.server_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let listener: Vec<IpAddr> = [Some(self.bound.ip()), local]
+            .into_iter()
+            .flatten()
+            .collect();
+        let names = snap
+            .config
+            .metrics
+            .as_ref()
+            .map_or(&[][..], |m| &m.hosts[..]);
+        metrics_access::host_allowed(host, &listener, names, snap.metrics_token.is_some())
+    }
+
     fn status(&self, snap: &Snapshot) -> Status {
         let clock = Clock {
             now: SystemTime::now(),
@@ -82,10 +106,15 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 impl ServeHttp for MetricsApp {
     async fn response(&self, s: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = s.req_header().uri.path();
-        if path == "/healthz" {
+        if path == "/healthz" || path == "/readyz" {
             return answer::health().into_response(None);
         }
         let snap = self.shared.load_full();
+        if !self.host_allowed(s, &snap) {
+            log::debug!("metrics listener: a request for another Host was refused");
+            return answer::error(421, "this listener does not answer for that Host")
+                .into_response(None);
+        }
         match self.access(s, &snap) {
             Access::Granted => {}
             Access::AddressRefused => {

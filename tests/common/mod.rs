@@ -187,6 +187,8 @@ pub struct Options {
     pub rust_log: &'static str,
     /// Names on the server certificate.
     pub cert_names: Vec<&'static str>,
+    /// The process's open-file limit, soft and hard (`None`: inherited).
+    pub open_files: Option<u64>,
 }
 
 impl Default for Options {
@@ -199,6 +201,7 @@ impl Default for Options {
             grace_period: "2s",
             rust_log: "info",
             cert_names: vec!["localhost", "127.0.0.1", "example.com", "*.example.com"],
+            open_files: None,
         }
     }
 }
@@ -235,7 +238,7 @@ impl Server {
         let ca = Arc::new(TestCa::new());
         let names: Vec<&str> = o.cert_names.clone();
         ca.leaf(&dir.path().join("tls"), "server", &names);
-        Server::spawn(dir, config, ca, o.rust_log)
+        Server::launch(dir, config, ca, o.rust_log, &[], o.open_files)
     }
 
     /// Writes visitord.toml, projects.toml and the database into `dir`.
@@ -266,6 +269,17 @@ impl Server {
         rust_log: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Server {
+        Server::launch(dir, config, ca, rust_log, env, None)
+    }
+
+    fn launch(
+        dir: TempDir,
+        config: PathBuf,
+        ca: Arc<TestCa>,
+        rust_log: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        open_files: Option<u64>,
+    ) -> Server {
         let text = std::fs::read_to_string(&config).unwrap();
         let addr_of = |marker: &str| -> SocketAddr {
             let line = text
@@ -276,15 +290,25 @@ impl Server {
             line.split('"').nth(1).unwrap().parse().unwrap()
         };
         let log = std::fs::File::create(dir.path().join("visitord.log")).unwrap();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", rust_log)
             .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::from(log));
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                    .map_err(std::io::Error::from)
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches no memory
+            // of the parent.
+            unsafe { command.pre_exec(limit) };
+        }
+        let child = command.spawn().unwrap();
         let server = Server {
             child: Mutex::new(Some(child)),
             https: addr_of("# https"),
