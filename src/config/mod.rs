@@ -64,6 +64,8 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Time allowed for a whole HTTP/1 request head, from its first byte.
     pub request_header_timeout: Duration,
+    /// Longest pause in an HTTP/1 request body sent to a site.
+    pub request_body_timeout: Duration,
     /// How long an idle kept-alive connection stays open.
     pub keepalive_timeout: Duration,
     /// Requests served on one HTTP/1 connection before it is closed.
@@ -419,20 +421,28 @@ fn tls_settings(
     })
 }
 
-fn limits(
-    file: &Path,
-    raw: &RawLimits,
-    resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<Limits, ConfigError> {
+/// The timeouts of `[limits]` that may be turned off (0) but not set
+/// beyond an hour.
+fn at_most_an_hour(file: &Path, raw: &RawLimits) -> Result<(), ConfigError> {
     let hour = Duration::from_secs(3600);
     for (key, value) in [
         ("limits.request_header_timeout", raw.request_header_timeout),
+        ("limits.request_body_timeout", raw.request_body_timeout),
         ("limits.keepalive_timeout", raw.keepalive_timeout),
     ] {
         if value > hour {
             return Err(ConfigError::invalid(file, key, "longer than 1h"));
         }
     }
+    Ok(())
+}
+
+fn limits(
+    file: &Path,
+    raw: &RawLimits,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Limits, ConfigError> {
+    at_most_an_hour(file, raw)?;
     if raw.tls_handshake_timeout.is_zero() || raw.tls_handshake_timeout > Duration::from_secs(60) {
         return Err(ConfigError::invalid(
             file,
@@ -474,6 +484,7 @@ fn limits(
         requests_per_minute_per_ip: raw.requests_per_minute_per_ip,
         max_connections_per_ip: raw.max_connections_per_ip,
         request_header_timeout: raw.request_header_timeout,
+        request_body_timeout: raw.request_body_timeout,
         keepalive_timeout: raw.keepalive_timeout,
         keepalive_requests: raw.keepalive_requests,
         max_connections: raw.max_connections,
