@@ -228,7 +228,10 @@ impl ProxyHttp for Visitord {
             ErrorType::InvalidHTTPHeader | ErrorType::H2Error | ErrorType::InvalidH2 => 400,
             _ => 500,
         };
-        if code > 0 {
+        // Once an answer's head went out (a client that reset its HTTP/2
+        // stream mid-answer), a second one cannot follow: Pingora would
+        // only log a warning for each attempt.
+        if code > 0 && s.response_written().is_none() {
             let head = s.req_header().method == http::Method::HEAD;
             // Best effort: the client may already be gone.
             let _ = respond(
