@@ -806,6 +806,14 @@ addr = "127.0.0.1:9180"
             e.contains("limits.keepalive_timeout: longer than 1h"),
             "{e}"
         );
+        assert_eq!(c.limits.request_body_timeout, Duration::from_secs(10));
+        let e = error(&format!(
+            "{GOOD}\n[limits]\nrequest_body_timeout = \"61m\"\n"
+        ));
+        assert!(
+            e.contains("limits.request_body_timeout: longer than 1h"),
+            "{e}"
+        );
         let e = error(&format!(
             "{GOOD}\n[limits]\nrequests_per_minute_per_ip = -1\n"
         ));
