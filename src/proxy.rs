@@ -21,7 +21,7 @@ use crate::config::ListenerKind;
 use crate::conn::registry::{ConnectionPlace, Registry};
 use crate::conn::{accept, connection};
 use crate::limits::Limiter;
-use crate::observe::metrics::RouteLabel;
+use crate::observe::metrics::{RouteLabel, METRICS};
 use crate::observe::verdict::Verdict;
 use crate::request::answer::{self, Answer};
 use crate::request::api;
@@ -131,6 +131,7 @@ impl ProxyHttp for Visitord {
                 SiteDecision::Answer(answer) => answer,
                 SiteDecision::Proxy(request) => match self.site_ctx(snap, peer_ip(s), request) {
                     Ok(site) => {
+                        body_timeout(s, snap);
                         ctx.site = Some(site);
                         return Ok(false);
                     }
@@ -242,7 +243,10 @@ impl ProxyHttp for Visitord {
             ErrorType::InvalidHTTPHeader | ErrorType::H2Error | ErrorType::InvalidH2 => 400,
             _ => 500,
         };
-        if code > 0 {
+        // Once an answer's head went out (a client that reset its HTTP/2
+        // stream mid-answer), a second one cannot follow: Pingora would
+        // only log a warning for each attempt.
+        if code > 0 && s.response_written().is_none() {
             let head = s.req_header().method == http::Method::HEAD;
             // Best effort: the client may already be gone.
             let _ = respond(
@@ -333,7 +337,15 @@ impl Visitord {
     /// site and upstream (never the client).
     async fn fail_site(&self, s: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let code = site_error_status(e);
-        if *e.esource() == ErrorSource::Upstream {
+        if code == 408 {
+            // The client's doing, not the upstream's: Pingora dropped the
+            // upstream connection with the request.
+            METRICS
+                .closed_connections
+                .with_label_values(&["body_timeout"])
+                .inc();
+            log::debug!("site request closed: {BODY_TOO_SLOW}");
+        } else if *e.esource() == ErrorSource::Upstream {
             let upstream = ctx.site.as_ref().and_then(|r| {
                 let site = ctx.snap.sites.get(r.request.index)?;
                 Some((site, site.upstreams.get(r.upstream?)?))
@@ -362,11 +374,29 @@ impl Visitord {
     }
 }
 
+/// Why a site request was closed when its body stopped arriving.
+const BODY_TOO_SLOW: &str = "request body paused longer than limits.request_body_timeout";
+
+/// A site request's body must keep arriving: each read of it within
+/// `limits.request_body_timeout` (Pingora's default is 60 s, as long as an
+/// upstream's default `read_timeout`, so a client that stopped sending its
+/// body held an upstream connection a minute and was logged as the
+/// upstream's timeout). HTTP/1 only: Pingora has no read timeout for an
+/// HTTP/2 stream, whose body waits at most the site's `read_timeout`.
+fn body_timeout(s: &mut Session, snap: &Snapshot) {
+    let timeout = snap.config.limits.request_body_timeout;
+    if !timeout.is_zero() && !s.is_body_done() {
+        s.set_read_timeout(Some(timeout));
+    }
+}
+
 /// The status for a failed site request; 0 when the client went away.
 fn site_error_status(e: &Error) -> u16 {
     use ErrorType::*;
     match (e.etype(), e.esource()) {
         (HTTPStatus(code), _) => *code,
+        // Only a request body is read with a timeout from the client.
+        (ReadTimedout, ErrorSource::Downstream) => 408,
         (
             ConnectTimedout | TLSHandshakeTimedout | ReadTimedout | WriteTimedout,
             ErrorSource::Upstream,

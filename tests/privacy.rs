@@ -328,3 +328,105 @@ fn no_metric_label_carries_a_client_address() {
         values.len()
     );
 }
+
+/// What a request carries that must never reach a log line: each value is
+/// distinctive, so finding it can only mean a leak.
+const COOKIE: &str = "sid=c00kie-6f1d2a";
+const BEARER: &str = "Bearer t0ken-9a7c3e";
+const QUERY_VALUE: &str = "qv4lue-3b2e8f";
+const AGENT: &str = "SecretAgent-8d4f1b/1.0";
+const BODY: &str = "b0dy-5e6a7c";
+/// The visitor facts the fixture database gives every loopback client,
+/// which visitord sends a site's upstream as `X-Visitor-*` headers.
+const FACTS: [&str; 3] = ["Amsterdam", "North Holland", "52.374"];
+
+/// PRIVACY.md: no header value, query string or visitor fact in any line
+/// at any level, the libraries' included. At debug Pingora printed each
+/// upstream request whole (cookie, authorization, query, user agent,
+/// `X-Visitor-*`), at trace the bytes it wrote.
+#[test]
+fn no_request_content_in_any_log_line() {
+    let up = common::upstream::Upstream::start("a");
+    let s = Server::with(Options {
+        rust_log: "trace",
+        extra: format!(
+            "\n[[site]]\nhosts = [\"site.example.com\"]\nupstreams = [\"{}\"]\n",
+            up.addr
+        ),
+        ..Options::default()
+    });
+    let query = format!("?pid=demo&email=alice%40example.com&q={QUERY_VALUE}");
+    for version in [reqwest::Version::HTTP_11, reqwest::Version::HTTP_2] {
+        let mut tls = s.ca.client_config();
+        tls.alpn_protocols = match version {
+            reqwest::Version::HTTP_2 => vec![b"h2".to_vec()],
+            _ => vec![b"http/1.1".to_vec()],
+        };
+        let http = reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .resolve("localhost", s.https)
+            .resolve("site.example.com", s.https)
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .unwrap();
+        let urls = [
+            s.url(&format!("/api/{query}")),
+            format!("https://site.example.com:{}/page{query}", s.https.port()),
+        ];
+        for url in urls {
+            let r = http
+                .post(&url)
+                .header("Cookie", COOKIE)
+                .header("Authorization", BEARER)
+                .header("User-Agent", AGENT)
+                .header("Origin", "https://example.com")
+                .body(BODY)
+                .send()
+                .unwrap();
+            assert_eq!(r.version(), version, "{url}");
+            let r = http
+                .get(&url)
+                .header("Cookie", COOKIE)
+                .header("Authorization", BEARER)
+                .header("User-Agent", AGENT)
+                .header("Origin", "https://example.com")
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200, "{url}");
+        }
+    }
+    assert_eq!(up.requests(), 4, "the site saw every request");
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = s.logs();
+    // The test proves something only if the lines that used to leak are
+    // there, redacted.
+    for expected in ["Sending header to upstream", "TRACE"] {
+        assert!(logs.contains(expected), "no {expected:?} in the log");
+    }
+    let mut secrets = vec![
+        COOKIE,
+        "c00kie",
+        "t0ken",
+        QUERY_VALUE,
+        "alice",
+        AGENT,
+        "SecretAgent",
+        BODY,
+    ];
+    secrets.extend(FACTS);
+    let leaks: Vec<String> = secrets
+        .iter()
+        .flat_map(|secret| {
+            logs.lines()
+                .filter(move |l| l.contains(secret))
+                .map(move |l| format!("{secret}: {l}"))
+        })
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "{} lines carry request content:\n{}",
+        leaks.len(),
+        leaks.join("\n")
+    );
+}

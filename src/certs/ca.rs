@@ -19,7 +19,7 @@ pub struct CaFile {
 /// usable as a trust anchor; the error is the reason, for a message that
 /// names the file and key.
 pub fn read_ca(path: &Path) -> Result<CaFile, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let pem = crate::lookup::input::read(path, None).map_err(|e| format!("cannot read: {e}"))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not PEM certificates: {e}"))?;

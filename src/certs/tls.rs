@@ -278,7 +278,7 @@ fn parse_pair(
 }
 
 fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(file).map_err(|source| TlsError::Read {
+    crate::lookup::input::read(file, None).map_err(|source| TlsError::Read {
         file: file.to_path_buf(),
         source,
     })

@@ -67,6 +67,8 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Time allowed for a whole HTTP/1 request head, from its first byte.
     pub request_header_timeout: Duration,
+    /// Longest pause in an HTTP/1 request body sent to a site.
+    pub request_body_timeout: Duration,
     /// How long an idle kept-alive connection stays open.
     pub keepalive_timeout: Duration,
     /// Requests served on one HTTP/1 connection before it is closed.
@@ -466,6 +468,7 @@ fn limits(
         requests_per_minute_per_ip: raw.requests_per_minute_per_ip,
         max_connections_per_ip: raw.max_connections_per_ip,
         request_header_timeout: raw.request_header_timeout,
+        request_body_timeout: raw.request_body_timeout,
         keepalive_timeout: raw.keepalive_timeout,
         keepalive_requests: raw.keepalive_requests,
         max_connections: raw.max_connections,
@@ -499,6 +502,11 @@ fn limits_problem(raw: &RawLimits) -> Option<(&'static str, &'static str)> {
         (
             "limits.send_timeout",
             raw.send_timeout > hour,
+            "longer than 1h",
+        ),
+        (
+            "limits.request_body_timeout",
+            raw.request_body_timeout > hour,
             "longer than 1h",
         ),
         (
@@ -982,6 +990,14 @@ addr = "127.0.0.1:9180"
         let e = error(&format!("{GOOD}\n[limits]\nkeepalive_timeout = \"2h\"\n"));
         assert!(
             e.contains("limits.keepalive_timeout: longer than 1h"),
+            "{e}"
+        );
+        assert_eq!(c.limits.request_body_timeout, Duration::from_secs(10));
+        let e = error(&format!(
+            "{GOOD}\n[limits]\nrequest_body_timeout = \"61m\"\n"
+        ));
+        assert!(
+            e.contains("limits.request_body_timeout: longer than 1h"),
             "{e}"
         );
         let e = error(&format!(

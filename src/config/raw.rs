@@ -119,6 +119,8 @@ pub(super) struct RawLimits {
     pub(super) max_connections_per_ip: u32,
     #[serde(default = "default_request_header_timeout", with = "humantime_serde")]
     pub(super) request_header_timeout: Duration,
+    #[serde(default = "default_request_body_timeout", with = "humantime_serde")]
+    pub(super) request_body_timeout: Duration,
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     pub(super) keepalive_timeout: Duration,
     #[serde(default = "default_keepalive_requests")]
@@ -150,6 +152,7 @@ impl Default for RawLimits {
             requests_per_minute_per_ip: default_requests_per_minute_per_ip(),
             max_connections_per_ip: default_max_connections_per_ip(),
             request_header_timeout: default_request_header_timeout(),
+            request_body_timeout: default_request_body_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
             max_connections: None,
@@ -178,6 +181,13 @@ fn default_max_connections_per_ip() -> u32 {
 }
 
 fn default_request_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Shorter than a site's default `read_timeout` (60s), so that a client
+/// that stops sending its body is found out before the upstream, waiting
+/// for that body, is blamed.
+fn default_request_body_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
@@ -485,11 +495,15 @@ pub enum UnknownCountry {
     Deny,
 }
 
+/// Reads a TOML file: a regular file of at most 16 MiB, opened without
+/// blocking (`lookup::input`).
 pub(super) fn read(file: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-        file: file.to_path_buf(),
-        source,
-    })
+    crate::lookup::input::read_to_string(file, Some(crate::lookup::input::TOML_LIMIT)).map_err(
+        |source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        },
+    )
 }
 
 /// Deserializes TOML, reporting the dotted key path of the first error and,

@@ -129,9 +129,11 @@ impl AgentParser {
 
     /// Reads and compiles a `regexes.yaml` file; errors name the file.
     pub fn from_file(path: &Path) -> Result<AgentParser, AgentError> {
-        let yaml = std::fs::read_to_string(path).map_err(|reason| AgentError::Read {
-            path: path.to_owned(),
-            reason,
+        let yaml = crate::lookup::input::read_to_string(path, None).map_err(|reason| {
+            AgentError::Read {
+                path: path.to_owned(),
+                reason,
+            }
         })?;
         Self::compile(&yaml, &path.display().to_string())
     }

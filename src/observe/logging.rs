@@ -1,18 +1,29 @@
 //! The process logger: `env_logger` behind a filter that keeps client
-//! addresses out of every line (docs/design.md §9, PRIVACY.md).
+//! addresses and request content out of every line (docs/design.md §7, §9,
+//! PRIVACY.md).
 //!
-//! visitord's own log lines never contain a client address; that is a rule
-//! of the code. Libraries are another matter: Pingora logs every failed TLS
-//! handshake as `Downstream handshake error from 198.51.100.7:4711: ...` at
-//! error level, and its debug and trace lines name peers too. So every line
-//! that does not come from visitord itself has each IP address in it
-//! replaced by `[addr]` before it is written, at every level.
+//! visitord's own log lines never contain a client address, a header value,
+//! a query string or a visitor fact; that is a rule of the code. Libraries
+//! are another matter: Pingora logs every failed TLS handshake as
+//! `Downstream handshake error from 198.51.100.7:4711: ...` at error level,
+//! and at debug `pingora_proxy::proxy_h1` prints each whole upstream request
+//! (`Cookie`, `Authorization`, the query, `User-Agent`, `X-Visitor-*`), at
+//! trace `pingora_core` prints the bytes sent and received. So every line
+//! that does not come from visitord itself is rewritten before it is
+//! written, at every level ([`redact`]): every quoted string (how `Debug`
+//! prints a header name or value, a string or a byte buffer) becomes `"…"`,
+//! every query after a path becomes `?…`, and every IP address `[addr]`.
+//! A path without its query stays, for debugging. (`h2` logs through
+//! `tracing`, which this build does not forward to `log`.)
 //!
-//! Pingora logs what clients do at error level: failed TLS handshakes
-//! (scanners, clients that distrust the certificate), connections closed
-//! or reset mid-request, heads that never complete. Like nginx, visitord
-//! logs these at info or debug ([`CLIENT_CAUSED`]): a warn or error line
-//! should mean the operator has something to do.
+//! Pingora and rustls log what clients do at warn or error level: failed
+//! TLS handshakes (scanners, clients that distrust the certificate), an
+//! invalid server name, an unexpected TLS message or alert, connections
+//! closed or reset mid-request, heads that never complete, HTTP/2 streams
+//! reset after their answer started. Like nginx, visitord logs these at
+//! info or debug ([`CLIENT_CAUSED`], and every rustls line at debug, since
+//! each is about what the peer sent): a warn or error line should mean the
+//! operator has something to do.
 //!
 //! The file watcher's own trace and debug lines are dropped: with the log
 //! file in a watched folder, each line would be a new file event, and each
@@ -56,8 +67,7 @@ impl Log for Redacting {
         }
         // A line that may be demoted is formatted before the filter sees it,
         // so that `RUST_LOG=info` shows it and `warn` does not.
-        let demotable = CLIENT_CAUSED.iter().any(|(t, _, _)| target.starts_with(t));
-        if !(demotable || self.inner.matches(record)) {
+        if !(may_demote(target) || self.inner.matches(record)) {
             return;
         }
         let text = record.args().to_string();
@@ -94,6 +104,21 @@ fn is_watcher(target: &str) -> bool {
     target.starts_with("notify") || target.starts_with("inotify")
 }
 
+/// rustls's lines at warn and error are all about what the peer sent (an
+/// invalid server name, an unexpected message, a warning alert, a
+/// renegotiation attempt); the handshake failure itself, if any, is
+/// Pingora's line.
+const RUSTLS: &str = "rustls";
+
+fn may_demote(target: &str) -> bool {
+    target.starts_with(RUSTLS) || CLIENT_CAUSED.iter().any(|(t, _, _)| target.starts_with(t))
+}
+
+/// Pingora's HTTP/2 server session: a client that reset a stream after its
+/// answer started makes Pingora try to write to it again (31,000 lines in
+/// 15 s from one connection at warn).
+const H2_SERVER: &str = "pingora_core::protocols::http::v2::server";
+
 /// Library lines about what a client did, by target prefix and text
 /// prefix, and the most severe level they are written at.
 const CLIENT_CAUSED: &[(&str, &str, Level)] = &[
@@ -117,10 +142,33 @@ const CLIENT_CAUSED: &[(&str, &str, Level)] = &[
     ),
     // A client that picked HTTP/2 and then sent something else.
     ("pingora_core::apps", "H2 handshake error", Level::Debug),
-    // A client that sent an IP address as SNI (RFC 6066 forbids it).
+    // A stream the client reset after its answer started.
+    (H2_SERVER, "Response header is already sent", Level::Debug),
     (
-        "rustls::msgs::handshake",
-        "Illegal SNI extension",
+        H2_SERVER,
+        "Try to write body after end of stream",
+        Level::Debug,
+    ),
+    (
+        H2_SERVER,
+        "Tried to write trailers after end of stream",
+        Level::Debug,
+    ),
+    // At most once a connection: a client that sent many malformed streams.
+    (
+        H2_SERVER,
+        "tearing down downstream h2 connection",
+        Level::Info,
+    ),
+    (
+        "pingora_core::protocols::http::v1::server",
+        "Respond header is already sent",
+        Level::Debug,
+    ),
+    // The client closed without a TLS close_notify.
+    (
+        "pingora_core::protocols::tls",
+        "TLS shutdown failed",
         Level::Debug,
     ),
     // The metrics listener's client went away.
@@ -135,7 +183,7 @@ const CLIENT_CAUSED: &[(&str, &str, Level)] = &[
 /// their [`CLIENT_CAUSED`] level (a connection the accept gate refused at
 /// debug, a flood must not flood the log), every other line at its own.
 fn level_for(target: &str, text: &str, level: Level) -> Level {
-    if text.contains(crate::limits::CONNECTION_REFUSED) {
+    if text.contains(crate::limits::CONNECTION_REFUSED) || target.starts_with(RUSTLS) {
         return level.max(Level::Debug);
     }
     CLIENT_CAUSED
@@ -158,13 +206,44 @@ static ADDRESS: LazyLock<Option<Regex>> = LazyLock::new(|| {
     .ok()
 });
 
-/// Replaces every address-shaped run in `text` with `[addr]`. If the pattern
-/// could not be built (it is a constant, so it can), the whole line is
-/// withheld rather than risk a leak.
+/// What a library may print of a request or response: quoted strings
+/// (with their escapes; `b"…"` is a byte buffer), byte arrays (`Vec<u8>`'s
+/// `Debug`, as Pingora prints a path that is not UTF-8) and a query after
+/// a path (`/p?email=…` in a URI's `Debug`), up to whitespace or a
+/// delimiter of the `Debug` around it.
+static CONTENT: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r#"(?x)
+        (?P<quoted> b?"(?:[^"\\]|\\.)*" )
+        | (?P<bytes> \[\d{1,3}(?:,\s?\d{1,3}){3,}\] )
+        | (?P<query> \?[^\s"',;)}\]]+ )
+        "#,
+    )
+    .ok()
+});
+
+/// Rewrites a library's line so that it holds no request content and no
+/// address: quoted strings become `"…"`, byte arrays `[…]`, queries `?…`,
+/// and every address-shaped run `[addr]`. If a pattern could not be built
+/// (they are constants, so they can), the whole line is withheld rather
+/// than risk a leak.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    match ADDRESS.as_ref() {
-        Some(re) => re.replace_all(text, "[addr]"),
-        None => Cow::Borrowed("[log line withheld: address filter unavailable]"),
+    let (Some(content), Some(address)) = (CONTENT.as_ref(), ADDRESS.as_ref()) else {
+        return Cow::Borrowed("[log line withheld: filter unavailable]");
+    };
+    let clean = content.replace_all(text, |c: &regex::Captures<'_>| {
+        if c.name("quoted").is_some() {
+            "\"…\""
+        } else if c.name("bytes").is_some() {
+            "[…]"
+        } else {
+            "?…"
+        }
+    });
+    if address.is_match(&clean) {
+        Cow::Owned(address.replace_all(&clean, "[addr]").into_owned())
+    } else {
+        clean
     }
 }
 
@@ -191,6 +270,47 @@ mod tests {
         }
     }
 
+    /// What `pingora_proxy::proxy_h1` printed at debug before: the whole
+    /// upstream request.
+    #[test]
+    fn request_content_is_redacted() {
+        let line = r#"Sending header to upstream RequestHeader { base: Parts { method: GET, uri: /t25?email=alice%40example.com&x=1, version: HTTP/1.1, headers: {"host": "site.example.com", "cookie": "sid=s3cr3t; a=\"q\"", "authorization": "Bearer tok3n", "user-agent": "Agent/1.0 (X11)", "x-visitor-city": "Amsterdam", "x-forwarded-for": "198.51.100.7"} }, header_name_map: Some({"cookie": CaseHeaderName(b"Cookie")}), raw_path_fallback: [47, 116, 63, 113, 61, 49], send_end_stream: true }"#;
+        let clean = redact(line);
+        for secret in [
+            "alice",
+            "x=1",
+            "s3cr3t",
+            "tok3n",
+            "Agent",
+            "Amsterdam",
+            "198.51",
+            "Cookie",
+            "116",
+        ] {
+            assert!(!clean.contains(secret), "{secret} in {clean}");
+        }
+        assert!(clean.contains("uri: /t25?…,"), "{clean}");
+        assert!(clean.contains("raw_path_fallback: […]"), "{clean}");
+        // Wire bytes, a response body, a server name echoed by rustls.
+        for (input, want) in [
+            (
+                r#"Writing request header: b"GET /a?b=c HTTP/1.1\r\nCookie: x\r\n\r\n""#,
+                r#"Writing request header: "…""#,
+            ),
+            (
+                r#"Illegal SNI hostname received "bad_name!""#,
+                r#"Illegal SNI hostname received "…""#,
+            ),
+            // Words, numbers, a question at the end of a sentence stay.
+            (
+                "H2 fd: 17 ping sent, read 4096 bytes?",
+                "H2 fd: 17 ping sent, read 4096 bytes?",
+            ),
+        ] {
+            assert_eq!(redact(input), want, "{input}");
+        }
+    }
+
     const LISTENING: &str = "pingora_core::services::listening";
 
     #[test]
@@ -213,9 +333,18 @@ mod tests {
             ("pingora_proxy", "failed to send error response to downstream: WriteError"),
             ("pingora_core::apps", "H2 handshake error invalid preface"),
             ("rustls::msgs::handshake", "Illegal SNI extension: ignoring IP address presented as hostname (3132)"),
+            ("rustls::msgs::handshake", "Illegal SNI hostname received \"…\""),
+            ("rustls::check", "Received a CertificateURL handshake message while expecting [ClientHello]"),
+            ("rustls::common_state", "TLS alert warning received: AlertMessagePayload { level: Warning, description: UnrecognisedName }"),
+            ("rustls::common_state", "Sending warning alert NoRenegotiation"),
+            (H2_SERVER, "Response header is already sent, cannot send again"),
+            ("pingora_core::protocols::tls::rustls::server", "TLS shutdown failed, unexpected end of file"),
         ] {
+            assert_eq!(level_for(target, text, Level::Warn), Level::Debug, "{text}");
             assert_eq!(level_for(target, text, Level::Error), Level::Debug, "{text}");
         }
+        assert_eq!(level_for(RUSTLS, "x", Level::Trace), Level::Trace);
+        assert!(may_demote("rustls::check") && may_demote(H2_SERVER));
         // Other errors of the same modules, and the same words elsewhere,
         // keep their level.
         let other = "Accept() failed Too many open files";

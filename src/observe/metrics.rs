@@ -53,7 +53,7 @@ metric_families! {
         "Requests visitord refused itself, by kind of refusal (origin, limit, country, body, method, project id, host, head size).",
         ["reason"]);
     closed_connections: IntCounterVec = counter("visitord_closed_connections_total",
-        "Connections visitord closed for a limit before a request was read: TLS handshake or request head too slow, request head too large, a metrics peer outside metrics.allow.",
+        "Connections visitord closed for a limit: TLS handshake, request head or a site request's body too slow, request head too large, a metrics peer outside metrics.allow.",
         ["reason"]);
     reloads: IntCounterVec = counter("visitord_reloads_total",
         "Snapshot rebuilds, by the kind of input that decided the result and the result.", ["kind", "result"]);

@@ -49,7 +49,8 @@ impl MetricsToken {
     /// Reads the token file: the token, with surrounding whitespace (a
     /// trailing newline) ignored.
     pub fn read(path: &Path) -> Result<MetricsToken, TokenError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TokenError::Read(e.to_string()))?;
+        let text = crate::lookup::input::read_to_string(path, None)
+            .map_err(|e| TokenError::Read(e.to_string()))?;
         MetricsToken::parse(&text)
     }
 

@@ -5,12 +5,19 @@
 //! rebuild (a 130 MB database is read in about half a second) never occupies
 //! a request worker. A rebuild that fails leaves the serving snapshot alone;
 //! the reason goes to the log at warn and to `visitord_reloads_total`.
+//!
+//! Input files are opened without blocking and only if they are regular
+//! files (`lookup::input`), so a FIFO or a device cannot hold a rebuild.
+//! A rebuild still running after [`SLOW_REBUILD`] (a file on a hung
+//! network file system) is reported at warn by a watchdog thread; the
+//! changes made meanwhile wait in the queue and get their rebuild when it
+//! ends.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
@@ -25,6 +32,8 @@ use crate::snapshot::{FileStamp, LoadError, Shared, Snapshot};
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A steady stream of events (a slow copy) still rebuilds this often.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+/// A rebuild taking longer than this is reported at warn.
+const SLOW_REBUILD: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -77,12 +86,19 @@ pub fn spawn(
         .map_err(ReloadError::Thread)?;
 
     let watch = WatchSet::new(tx)?;
+    let watchdog = Arc::new(Watchdog::default());
+    let watching = watchdog.clone();
+    std::thread::Builder::new()
+        .name("visitord-reload-watchdog".into())
+        .spawn(move || watching.watch(SLOW_REBUILD, report_slow))
+        .map_err(ReloadError::Thread)?;
     let mut reloader = Reloader {
         config_file,
         shared,
         watch,
         last_failure: None,
         history,
+        watchdog,
     };
     reloader.follow_files();
     std::thread::Builder::new()
@@ -101,6 +117,7 @@ struct Reloader {
     /// worth another attempt and another warning.
     last_failure: Option<Fingerprint>,
     history: Arc<ReloadHistory>,
+    watchdog: Arc<Watchdog>,
 }
 
 type Fingerprint = Vec<(PathBuf, Option<FileStamp>)>;
@@ -109,7 +126,9 @@ impl Reloader {
     fn run(&mut self, rx: Receiver<Trigger>) {
         while let Ok(first) = rx.recv() {
             let trigger = debounce(&rx, first);
+            self.watchdog.started(trigger);
             self.rebuild(trigger);
+            self.watchdog.ended();
         }
     }
 
@@ -196,6 +215,73 @@ impl Reloader {
     fn follow_files(&mut self) {
         let files = self.shared.load().source_files();
         self.watch.follow(&files);
+    }
+}
+
+fn report_slow(trigger: Trigger, after: Duration) {
+    log::warn!(
+        "reload on {}: still rebuilding after {} s (an input file slow to read?); \
+         changes made meanwhile are rebuilt once it ends",
+        trigger.as_str(),
+        after.as_secs()
+    );
+}
+
+/// Watches the rebuild in progress, if any, from its own thread.
+#[derive(Default)]
+struct Watchdog {
+    state: Mutex<Running>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Running {
+    /// Rebuilds started so far: tells one rebuild from the next.
+    count: u64,
+    current: Option<(Instant, Trigger)>,
+}
+
+impl Watchdog {
+    fn lock(&self) -> MutexGuard<'_, Running> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn started(&self, trigger: Trigger) {
+        let mut running = self.lock();
+        running.count += 1;
+        running.current = Some((Instant::now(), trigger));
+        self.changed.notify_all();
+    }
+
+    fn ended(&self) {
+        self.lock().current = None;
+        self.changed.notify_all();
+    }
+
+    /// Calls `report` once for each rebuild still running `slow` after it
+    /// started. Never returns.
+    fn watch(&self, slow: Duration, report: impl Fn(Trigger, Duration)) {
+        let mut running = self.lock();
+        let mut reported = 0;
+        loop {
+            let left = match running.current {
+                Some((at, trigger)) if running.count != reported => {
+                    let left = (at + slow).saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        reported = running.count;
+                        report(trigger, slow);
+                        continue;
+                    }
+                    left
+                }
+                // Idle, or already reported: wait for the next change.
+                _ => Duration::MAX,
+            };
+            running = match self.changed.wait_timeout(running, left.min(slow)) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
     }
 }
 
@@ -367,6 +453,28 @@ fn is_relevant(path: &Path, names: &BTreeSet<OsString>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_rebuild_is_reported_once_and_a_quick_one_never() {
+        let watchdog = Arc::new(Watchdog::default());
+        let (tx, rx) = mpsc::channel();
+        let watching = watchdog.clone();
+        std::thread::spawn(move || {
+            watching.watch(Duration::from_millis(100), move |t, _| {
+                let _ = tx.send(t);
+            });
+        });
+        watchdog.started(Trigger::Files);
+        watchdog.ended();
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        watchdog.started(Trigger::Signal);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(Trigger::Signal));
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "once");
+        watchdog.ended();
+        // The next rebuild is watched again.
+        watchdog.started(Trigger::Files);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(Trigger::Files));
+    }
 
     #[test]
     fn restart_only_settings_are_named() {

@@ -157,3 +157,141 @@ pub fn h2_rapid_reset(https: SocketAddr, ca: &TestCa, bind: IpAddr, streams: usi
         let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     });
 }
+
+/// A TLS record of `kind` (22 handshake, 21 alert, 23 application data).
+fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind, 3, 1];
+    out.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A handshake message of `kind` (1 ClientHello, 20 Finished, 21
+/// CertificateURL).
+fn handshake(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes()[1..]);
+    out.extend_from_slice(body);
+    out
+}
+
+fn with_len16(body: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A TLS 1.3 ClientHello naming `server_name`, which a real client would
+/// refuse to send when it is no valid DNS name.
+pub fn client_hello(server_name: &str) -> Vec<u8> {
+    let ext = |kind: u16, body: Vec<u8>| {
+        let mut out = kind.to_be_bytes().to_vec();
+        out.extend(with_len16(&body));
+        out
+    };
+    let mut name = vec![0u8];
+    name.extend(with_len16(server_name.as_bytes()));
+    let mut key_share = 0x001d_u16.to_be_bytes().to_vec();
+    key_share.extend(with_len16(&[9u8; 32]));
+    let extensions = [
+        ext(0x0000, with_len16(&name)),
+        ext(0x000a, with_len16(&0x001d_u16.to_be_bytes())),
+        ext(0x000d, with_len16(&[0x04, 0x03, 0x08, 0x04])),
+        ext(0x002b, vec![2, 3, 4]),
+        ext(0x0033, with_len16(&key_share)),
+    ]
+    .concat();
+    let mut hello = vec![3, 3];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.push(0); // session id
+    hello.extend(with_len16(&[0x13, 0x01, 0x13, 0x03, 0xc0, 0x2b]));
+    hello.extend_from_slice(&[1, 0]); // compression: null
+    hello.extend(with_len16(&extensions));
+    record(22, &handshake(1, &hello))
+}
+
+/// First flights no client should send, each of which rustls once logged
+/// at warn: an invalid server name, warning alerts before the ClientHello,
+/// a Finished, a CertificateURL or application data first.
+pub fn odd_first_flights() -> Vec<Vec<u8>> {
+    let warning_alert = record(21, &[1, 112]);
+    vec![
+        client_hello("bad_name!"),
+        client_hello("under_score.example"),
+        [
+            warning_alert.clone(),
+            warning_alert.clone(),
+            warning_alert.clone(),
+            warning_alert,
+            client_hello("localhost"),
+        ]
+        .concat(),
+        record(22, &handshake(20, &[0u8; 32])),
+        record(22, &handshake(21, &[0u8; 8])),
+        record(23, &[0u8; 40]),
+    ]
+}
+
+/// Sends each of [`odd_first_flights`] on its own connection from `bind`
+/// and reads until the server closes.
+pub fn odd_handshakes(https: SocketAddr, bind: IpAddr) {
+    for flight in odd_first_flights() {
+        let mut tcp = connect_from(https, Some(bind));
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = tcp.write_all(&flight);
+        let _ = tcp.read_to_end(&mut Vec::new());
+    }
+}
+
+/// HTTP/2 streams reset by the client once their answer has started:
+/// `streams` requests for `authority` and `path` on one connection from
+/// `bind`, each cancelled as soon as its response head arrives.
+pub fn h2_reset_after_headers(
+    https: SocketAddr,
+    ca: &TestCa,
+    bind: IpAddr,
+    authority: &str,
+    path: &str,
+    streams: usize,
+) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = ca.client_config();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let uri = format!("https://{authority}:{}{path}", https.port());
+    runtime.block_on(async move {
+        let tcp = connect_from(https, Some(bind));
+        tcp.set_nonblocking(true).unwrap();
+        let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(authority.to_owned()).unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        let mut answered = 0;
+        for _ in 0..streams {
+            let request = http::Request::get(&uri)
+                .header("origin", "https://example.com")
+                .body(())
+                .unwrap();
+            let Ok(mut ready) = client.clone().ready().await else {
+                break;
+            };
+            let Ok((response, mut stream)) = ready.send_request(request, true) else {
+                break;
+            };
+            if tokio::time::timeout(Duration::from_secs(5), response)
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                answered += 1;
+            }
+            stream.send_reset(h2::Reason::CANCEL);
+            client = ready;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+        answered
+    })
+}

@@ -193,6 +193,15 @@ async fn answer(req: Request<Incoming>, name: &str, state: &Arc<State>) -> Respo
     match req.uri().path() {
         "/sse" => sse(state.clone()),
         "/ws" => websocket(req),
+        // Answers only once the whole request body has arrived.
+        "/body" => {
+            let len = req
+                .into_body()
+                .collect()
+                .await
+                .map_or(0, |b| b.to_bytes().len());
+            Response::new(full(len.to_string()))
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             echo(&req, name)

@@ -115,7 +115,8 @@ pub fn read_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, AcmeError
         file: file.to_path_buf(),
         reason,
     };
-    let pem = std::fs::read(file).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let pem =
+        crate::lookup::input::read(file, None).map_err(|e| fail(format!("cannot read: {e}")))?;
     let roots = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(format!("not PEM certificates: {e}")))?;

@@ -87,7 +87,7 @@ const METADATA_MARKER: &[u8] = b"\xAB\xCD\xEFMaxMind.com";
 
 impl Database {
     pub(super) fn open(path: &Path) -> Result<(Database, DatabaseInfo), GeoError> {
-        let bytes = std::fs::read(path).map_err(|source| GeoError::Read {
+        let bytes = crate::lookup::input::read(path, None).map_err(|source| GeoError::Read {
             path: path.to_owned(),
             source,
         })?;

@@ -9,12 +9,19 @@
 //! stay on each node.
 //!
 //! No Pingora types: `store_sync` drives this from a background service.
+//!
+//! What the store sends back is bounded (`link`): a reply larger than an
+//! exchange can need ends the connection, which counts as an outage.
+
+mod link;
 
 use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, TlsCertificates};
+use redis::{AsyncConnectionConfig, ConnectionInfo};
+
+use link::{Bounded, Budget};
 
 use crate::certs::ca::read_ca;
 use crate::config::{ConfigError, SharedStore, StoreUrl};
@@ -30,6 +37,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A store that does not answer a sync within this is failing: counting
 /// falls back to the node's own until it answers in time again.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes the store may send while a connection is set up: `+OK` to `AUTH`
+/// and `SELECT`, and whatever it says to the client library's
+/// `CLIENT SETINFO` (an error from an older server).
+const HANDSHAKE_BUDGET: usize = 4096;
+/// Bytes the store may send in reply to an exchange: a little for the
+/// exchange, plus one reply per command (`:N`, `$N` and N digits, or a
+/// short error), so a few KiB even for hundreds of projects.
+const REPLY_BUDGET: usize = 512;
+const REPLY_BUDGET_PER_COMMAND: usize = 128;
 
 /// The key of a project's count in a window.
 pub fn key(project: &str, window: Window) -> String {
@@ -41,6 +57,12 @@ pub fn key(project: &str, window: Window) -> String {
 pub enum StoreError {
     #[error("{0}")]
     Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no connection within {} s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout,
+    #[error("the store sent more than was asked for (a reply larger than visitord needs); connection dropped")]
+    OverBudget,
     #[error("{0} replies to {1} commands")]
     Replies(usize, usize),
 }
@@ -53,7 +75,8 @@ pub struct StoreSettings {
     url: StoreUrl,
     password: Option<String>,
     ca: Option<Vec<u8>>,
-    client: Client,
+    /// The address, and the database, user and password to log in with.
+    info: ConnectionInfo,
 }
 
 impl StoreSettings {
@@ -85,22 +108,11 @@ impl StoreSettings {
             let redis = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(redis);
         }
-        let client = match &ca {
-            Some(pem) => Client::build_with_tls(
-                info,
-                TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => Client::open(info),
-        }
-        .map_err(|e| ConfigError::invalid(file, "limits.shared_store", e))?;
         Ok(StoreSettings {
             url: config.url.clone(),
             password,
             ca,
-            client,
+            info,
         })
     }
 
@@ -111,14 +123,24 @@ impl StoreSettings {
 
     /// Connects (and authenticates); does not retry.
     pub async fn connect(&self) -> Result<StoreConnection, StoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        Ok(StoreConnection { conn })
+        let budget = Budget::default();
+        budget.allow(HANDSHAKE_BUDGET);
+        let config = AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let setup = async {
+            let stream = link::open(self.info.addr(), self.ca.as_deref()).await?;
+            let stream = Bounded::new(stream, budget.clone());
+            let settings = self.info.redis_settings();
+            Ok::<_, StoreError>(
+                MultiplexedConnection::new_with_config(settings, stream, config).await?,
+            )
+        };
+        let (conn, driver) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
+            .await
+            .map_err(|_| StoreError::ConnectTimeout)?
+            .map_err(|e| over_budget(&budget, e))?;
+        // Ends when `conn` is dropped, or when the stream fails.
+        tokio::spawn(driver);
+        Ok(StoreConnection { conn, budget })
     }
 }
 
@@ -140,7 +162,8 @@ impl std::fmt::Debug for StoreSettings {
 
 /// The password: the file's text without a final line break.
 fn read_password(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let text = crate::lookup::input::read_to_string(path, None)
+        .map_err(|e| format!("cannot read: {e}"))?;
     let password = text.trim_end_matches(['\n', '\r']);
     if password.is_empty() {
         return Err("empty".to_owned());
@@ -151,9 +174,20 @@ fn read_password(path: &Path) -> Result<String, String> {
     Ok(password.to_owned())
 }
 
+/// The error to report: the budget's, when it was exceeded (the client
+/// library only sees the connection break).
+fn over_budget(budget: &Budget, e: impl Into<StoreError>) -> StoreError {
+    if budget.exceeded() {
+        StoreError::OverBudget
+    } else {
+        e.into()
+    }
+}
+
 /// A connection to the store.
 pub struct StoreConnection {
     conn: MultiplexedConnection,
+    budget: Budget,
 }
 
 impl StoreConnection {
@@ -162,8 +196,18 @@ impl StoreConnection {
     /// when there is nothing to add. Returns the fleet's count of each, in
     /// batch order. An empty batch checks the store with `PING`.
     pub async fn sync(&mut self, batch: &[Pending]) -> Result<Vec<u64>, StoreError> {
+        // `EXPIRE` is a command too; its reply is read and dropped.
+        let commands = batch
+            .iter()
+            .map(|p| if p.delta > 0 { 2 } else { 1 })
+            .sum::<usize>();
+        self.budget
+            .allow(REPLY_BUDGET + REPLY_BUDGET_PER_COMMAND * commands.max(1));
         if batch.is_empty() {
-            redis::cmd("PING").query_async::<()>(&mut self.conn).await?;
+            redis::cmd("PING")
+                .query_async::<()>(&mut self.conn)
+                .await
+                .map_err(|e| over_budget(&self.budget, e))?;
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
@@ -176,7 +220,10 @@ impl StoreConnection {
                 pipe.cmd("GET").arg(&key);
             }
         }
-        let totals: Vec<Option<u64>> = pipe.query_async(&mut self.conn).await?;
+        let totals: Vec<Option<u64>> = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| over_budget(&self.budget, e))?;
         if totals.len() != batch.len() {
             return Err(StoreError::Replies(totals.len(), batch.len()));
         }
