@@ -11,6 +11,7 @@ mod acme;
 mod api_path;
 mod projects;
 mod raw;
+mod signing;
 mod site;
 mod store_url;
 
@@ -21,9 +22,10 @@ use std::time::Duration;
 use http::HeaderValue;
 
 pub use acme::{acme_name, Acme, Challenge, ExternalAccount};
-pub use api_path::ApiPath;
+pub use api_path::{ApiPath, JWKS_FILE};
 pub use projects::{is_valid_project_id, Project, ProjectId, Projects, MAX_PROJECT_ID_LEN};
 pub use raw::{ConfigError, UnknownCountry};
+pub use signing::{Signing, MAX_TTL as MAX_SIGNING_TTL, MIN_TTL as MIN_SIGNING_TTL};
 pub use site::{CountryRule, SiteConfig, Timeouts, UpstreamAddr, VisitorHeader, VisitorHeaderSet};
 pub use store_url::StoreUrl;
 
@@ -52,6 +54,8 @@ pub struct Config {
     pub sites: Vec<SiteConfig>,
     /// `[acme]`: automatic certificates; `None` when not configured.
     pub acme: Option<Acme>,
+    /// `[signing]`: signed visitor facts; `None` when not configured.
+    pub signing: Option<Signing>,
 }
 
 /// `[limits]`: abuse limits (0 disables a count or a timeout).
@@ -235,6 +239,11 @@ impl Config {
             None => None,
         };
 
+        let signing = match raw.signing {
+            Some(s) => Some(signing::parse_signing(file, s, &resolve)?),
+            None => None,
+        };
+
         let metrics = match raw.metrics.enabled {
             true => Some(metrics(file, raw.metrics, &resolve)?),
             false => None,
@@ -269,6 +278,7 @@ impl Config {
             limits: limits(file, &raw.limits, &resolve)?,
             sites,
             acme,
+            signing,
         })
     }
 }
@@ -291,6 +301,7 @@ impl Config {
             files.extend(store.ca.iter().cloned());
         }
         files.extend(self.metrics.iter().filter_map(|m| m.token_file.clone()));
+        files.extend(self.signing.iter().flat_map(|s| s.keys.iter().cloned()));
         files
     }
 }

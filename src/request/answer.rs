@@ -31,6 +31,9 @@ pub struct Answer {
     pub verdict: Verdict,
     /// The connection must not be reused after this answer.
     pub close: bool,
+    /// `Cache-Control` when the answer may be cached (the public keys);
+    /// `None`: `no-store`, as for every answer about a visitor.
+    pub cache_control: Option<HeaderValue>,
 }
 
 impl Answer {
@@ -42,7 +45,14 @@ impl Answer {
             body,
             verdict: Verdict::default(),
             close: false,
+            cache_control: None,
         }
+    }
+
+    /// An answer that caches may keep, with this `Cache-Control`.
+    pub fn with_cache_control(mut self, value: HeaderValue) -> Answer {
+        self.cache_control = Some(value);
+        self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Answer {
@@ -62,8 +72,8 @@ impl Answer {
     }
 
     /// Every header of the answer as written: its own, then those every
-    /// answer visitord writes carries — `Content-Type`, `Cache-Control:
-    /// no-store`, `X-Content-Type-Options: nosniff`, HSTS when `hsts` is
+    /// answer visitord writes carries — `Content-Type`, `Cache-Control`
+    /// (`no-store` unless the answer says otherwise), `X-Content-Type-Options: nosniff`, HSTS when `hsts` is
     /// given (TLS listeners with `tls.hsts`), and `Content-Length` (not on
     /// a 204, RFC 9110 §8.6). The one place these are added, whatever
     /// writes the answer.
@@ -76,7 +86,12 @@ impl Answer {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(self.content_type),
             )),
-            Some((header::CACHE_CONTROL, HeaderValue::from_static("no-store"))),
+            Some((
+                header::CACHE_CONTROL,
+                self.cache_control
+                    .clone()
+                    .unwrap_or_else(|| HeaderValue::from_static("no-store")),
+            )),
             Some((
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
@@ -431,6 +446,15 @@ mod tests {
         );
         let no_content = Answer::new(204, Bytes::new());
         assert!(!names(&no_content, None).contains(&"content-length".to_owned()));
+        let cache_control = |a: &Answer| -> Vec<HeaderValue> {
+            a.all_headers(None)
+                .filter(|(n, _)| n == header::CACHE_CONTROL)
+                .map(|(_, v)| v)
+                .collect()
+        };
+        assert_eq!(cache_control(&not_found()), ["no-store"]);
+        let cached = health().with_cache_control(HeaderValue::from_static("max-age=60"));
+        assert_eq!(cache_control(&cached), ["max-age=60"], "its own, once");
     }
 
     #[test]

@@ -21,7 +21,8 @@ use arc_swap::ArcSwap;
 pub mod publish;
 
 use crate::certs::acme::{self, client::AcmeError};
-use crate::certs::tls::{Certificates, TlsError};
+use crate::certs::signing::{self, Signing};
+use crate::certs::tls::{CertSource, Certificates, TlsError};
 use crate::config::{Config, ConfigError, Projects};
 use crate::lookup::agent::{Agent, AgentError, AgentParser};
 use crate::lookup::geo::{GeoDb, GeoError};
@@ -52,6 +53,8 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Acme(#[from] AcmeError),
+    #[error(transparent)]
+    Signing(ConfigError),
 }
 
 impl LoadError {
@@ -64,6 +67,7 @@ impl LoadError {
             LoadError::Agent(_) => "user_agent",
             LoadError::Tls(_) => "tls",
             LoadError::Acme(_) => "acme",
+            LoadError::Signing(_) => "signing",
         }
     }
 }
@@ -113,6 +117,8 @@ pub struct Snapshot {
     /// `[limits] shared_store` with its password and CA read; `None`:
     /// project limits count per node.
     pub shared_store: Option<Arc<StoreSettings>>,
+    /// `[signing]` with its keys read; `None`: no project is signed.
+    pub signing: Option<Signing>,
     pub loaded_at: SystemTime,
 }
 
@@ -141,6 +147,7 @@ impl Snapshot {
             Some(a) => Some(load_acme(a, &mut certificates)?),
             None => None,
         };
+        let signing = load_signing(&config, &projects, &certificates, acme.as_ref())?;
         let geo = GeoDb::open(&config.geo.databases)?;
         let agents_stamp = config.user_agent.regexes.as_deref().and_then(FileStamp::of);
         let reusable = previous.filter(|p| {
@@ -180,6 +187,7 @@ impl Snapshot {
             metrics_token,
             origin_cache: AllowedOrigins::new(),
             shared_store,
+            signing,
             loaded_at: SystemTime::now(),
         })
     }
@@ -240,6 +248,46 @@ fn read_metrics_token(config: &Config) -> Result<Option<MetricsToken>, ConfigErr
             format!("{}: {e}", path.display()),
         )
     })
+}
+
+/// `[signing]`'s keys, and its issuer (`https://` and the first
+/// certificate name unless set). A `signed` project needs `[signing]`.
+fn load_signing(
+    config: &Config,
+    projects: &Projects,
+    certificates: &Certificates,
+    acme: Option<&acme::Plan>,
+) -> Result<Option<Signing>, LoadError> {
+    let Some(settings) = &config.signing else {
+        return match projects.iter().position(|p| p.signed) {
+            Some(i) => Err(LoadError::Projects(ConfigError::invalid(
+                &config.api.projects,
+                format!("project[{i}].signed"),
+                format!("{} has no [signing] keys", config.file.display()),
+            ))),
+            None => Ok(None),
+        };
+    };
+    let names = certificates
+        .iter()
+        .filter(|c| c.source == CertSource::File)
+        .flat_map(|c| c.names.iter())
+        .chain(acme.iter().flat_map(|p| p.managed.iter()))
+        .map(String::as_str);
+    let Some(issuer) = settings
+        .issuer
+        .clone()
+        .or_else(|| signing::default_issuer(names))
+    else {
+        return Err(LoadError::Signing(ConfigError::invalid(
+            &config.file,
+            "signing.issuer",
+            "not set, and no certificate name to make it from: set it",
+        )));
+    };
+    Signing::load(&config.file, settings, issuer)
+        .map(Some)
+        .map_err(LoadError::Signing)
 }
 
 /// Splits `[acme]`'s names (a file pair wins) and loads the certificates
