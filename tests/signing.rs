@@ -4,6 +4,8 @@
 //! `scripts/test`) — against the JWKS visitord serves; rotation by live
 //! reload; refused key files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write;

@@ -31,9 +31,6 @@ pub struct Answer {
     pub verdict: Verdict,
     /// The connection must not be reused after this answer.
     pub close: bool,
-    /// `Cache-Control` when the answer may be cached (the public keys);
-    /// `None`: `no-store`, as for every answer about a visitor.
-    pub cache_control: Option<HeaderValue>,
 }
 
 impl Answer {
@@ -45,14 +42,14 @@ impl Answer {
             body,
             verdict: Verdict::default(),
             close: false,
-            cache_control: None,
         }
     }
 
-    /// An answer that caches may keep, with this `Cache-Control`.
-    pub fn with_cache_control(mut self, value: HeaderValue) -> Answer {
-        self.cache_control = Some(value);
-        self
+    /// An answer that caches may keep (the public keys), with this
+    /// `Cache-Control` instead of `no-store`. Kept among the answer's own
+    /// headers, so that an `Answer` stays small.
+    pub fn with_cache_control(self, value: HeaderValue) -> Answer {
+        self.with_header(header::CACHE_CONTROL, value)
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Answer {
@@ -86,12 +83,8 @@ impl Answer {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(self.content_type),
             )),
-            Some((
-                header::CACHE_CONTROL,
-                self.cache_control
-                    .clone()
-                    .unwrap_or_else(|| HeaderValue::from_static("no-store")),
-            )),
+            (!self.headers.iter().any(|(n, _)| n == header::CACHE_CONTROL))
+                .then(|| (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))),
             Some((
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
