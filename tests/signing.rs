@@ -340,6 +340,15 @@ fn check_refuses_bad_key_files_naming_the_key_the_file_and_why() {
         "-out",
         &key("encrypted.pem"),
     ]);
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &key("sec1.pem"),
+    ]);
     std::fs::copy(key("good.pem"), key("loose.pem")).unwrap();
     for name in [
         "ossl-ed.pem",
@@ -365,6 +374,7 @@ fn check_refuses_bad_key_files_naming_the_key_the_file_and_why() {
         ("rsa.pem", "not an Ed25519 or P-256 key"),
         ("p384.pem", "not an Ed25519 or P-256 key"),
         ("encrypted.pem", "an encrypted key"),
+        ("sec1.pem", "a SEC1"),
     ] {
         let (ok, _, err) = check(&["good.pem", file]);
         assert!(!ok, "{file} was accepted");
