@@ -25,7 +25,7 @@ pub use acme::{acme_name, Acme, Challenge, ExternalAccount};
 pub use api_path::{ApiPath, JWKS_FILE};
 pub use projects::{is_valid_project_id, Project, ProjectId, Projects, MAX_PROJECT_ID_LEN};
 pub use raw::{ConfigError, UnknownCountry};
-pub use signing::{Signing, MAX_TTL as MAX_SIGNING_TTL, MIN_TTL as MIN_SIGNING_TTL};
+pub use signing::Signing;
 pub use site::{CountryRule, SiteConfig, Timeouts, UpstreamAddr, VisitorHeader, VisitorHeaderSet};
 pub use store_url::StoreUrl;
 
@@ -239,11 +239,6 @@ impl Config {
             None => None,
         };
 
-        let signing = match raw.signing {
-            Some(s) => Some(signing::parse_signing(file, s, &resolve)?),
-            None => None,
-        };
-
         let metrics = match raw.metrics.enabled {
             true => Some(metrics(file, raw.metrics, &resolve)?),
             false => None,
@@ -278,7 +273,7 @@ impl Config {
             limits: limits(file, &raw.limits, &resolve)?,
             sites,
             acme,
-            signing,
+            signing: signing::parse_signing(file, raw.signing, &resolve)?,
         })
     }
 }

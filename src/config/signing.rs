@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::raw::{ConfigError, RawSigning};
 
 /// The shortest and longest `signing.ttl`.
-pub const MIN_TTL: Duration = Duration::from_secs(1);
-pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+const MIN_TTL: Duration = Duration::from_secs(1);
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// `[signing]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,16 @@ pub struct Signing {
     pub issuer: Option<String>,
 }
 
+/// `[signing]` when present.
 pub(super) fn parse_signing(
+    file: &Path,
+    raw: Option<RawSigning>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Option<Signing>, ConfigError> {
+    raw.map(|raw| parse(file, raw, resolve)).transpose()
+}
+
+fn parse(
     file: &Path,
     raw: RawSigning,
     resolve: &dyn Fn(&Path) -> PathBuf,

@@ -150,15 +150,7 @@ impl Snapshot {
         let signing = load_signing(&config, &projects, &certificates, acme.as_ref())?;
         let geo = GeoDb::open(&config.geo.databases)?;
         let agents_stamp = config.user_agent.regexes.as_deref().and_then(FileStamp::of);
-        let reusable = previous.filter(|p| {
-            p.config.user_agent.regexes == config.user_agent.regexes
-                && p.agents_stamp == agents_stamp
-        });
-        let agents = match (reusable, &config.user_agent.regexes) {
-            (Some(p), _) => p.agents.clone(),
-            (None, Some(path)) => Arc::new(AgentParser::from_file(path)?),
-            (None, None) => Arc::new(AgentParser::builtin()?),
-        };
+        let agents = agent_rules(&config, agents_stamp, previous)?;
         let shared_store = match &config.limits.shared_store {
             Some(store) => Some(Arc::new(StoreSettings::load(&config.file, store)?)),
             None => None,
@@ -247,6 +239,23 @@ fn read_metrics_token(config: &Config) -> Result<Option<MetricsToken>, ConfigErr
             "metrics.token_file",
             format!("{}: {e}", path.display()),
         )
+    })
+}
+
+/// The user-agent rules: the previous snapshot's while their file is
+/// unchanged, else compiled anew.
+fn agent_rules(
+    config: &Config,
+    stamp: Option<FileStamp>,
+    previous: Option<&Snapshot>,
+) -> Result<Arc<AgentParser>, AgentError> {
+    let reusable = previous.filter(|p| {
+        p.config.user_agent.regexes == config.user_agent.regexes && p.agents_stamp == stamp
+    });
+    Ok(match (reusable, &config.user_agent.regexes) {
+        (Some(p), _) => p.agents.clone(),
+        (None, Some(path)) => Arc::new(AgentParser::from_file(path)?),
+        (None, None) => Arc::new(AgentParser::builtin()?),
     })
 }
 
