@@ -9,7 +9,9 @@
 #   nginx     nginx + ngx_http_geoip2_module answering the geo part of the
 #             same request (benches/peer-nginx.sh); skipped if not installed;
 #   bare      examples/bare_responder.rs: Pingora writing a fixed answer,
-#             the framework's ceiling.
+#             the framework's ceiling;
+#   signed    the same visitord process asked for a `signed = true` project
+#             (data.token, an Ed25519 JWS): what signing costs per answer.
 # Then prints median req/s and p99 per server and the ratios, visitord's
 # memory less the database size, and one more visitord round during which
 # the database is replaced twice (rename-over of a copy).
@@ -135,7 +137,13 @@ cat > "$run/projects.toml" <<EOF
 [[project]]
 id = "shop"
 domains = ["shop.example.com"]
+
+[[project]]
+id = "signed"
+domains = ["shop.example.com"]
+signed = true
 EOF
+"$visitord" signing-key generate --out "$run/signing.pem" >/dev/null
 cat > "$run/visitord.toml" <<EOF
 [server]
 threads = $threads
@@ -166,6 +174,9 @@ requests_per_minute_per_ip = 1000000000
 # The same keep-alive allowance as the nginx peer (keepalive_requests):
 # otherwise visitord alone pays a TLS handshake every 1,000 requests.
 keepalive_requests = 1000000
+
+[signing]
+keys = ["signing.pem"]
 EOF
 "$visitord" dev-cert --config "$run/visitord.toml" >/dev/null
 cert=$run/tls/localhost.crt key=$run/tls/localhost.key
@@ -174,8 +185,12 @@ RUST_LOG=warn "$visitord" run --config "$run/visitord.toml" >"$run/visitord.log"
 vpid=$!; pids+=("$vpid")
 if [ -n "${VISITORD_BASELINE:-}" ]; then
   free_port; blport=$port_out; free_port; blmport=$port_out
+  # Without [signing] (last in the file) and the signed project: an older
+  # build knows neither.
   sed -e "s/127.0.0.1:$vport/127.0.0.1:$blport/" -e "s/127.0.0.1:$mport/127.0.0.1:$blmport/" \
+    -e 's/"projects.toml"/"baseline-projects.toml"/' -e '/^\[signing\]/,$d' \
     "$run/visitord.toml" >"$run/baseline.toml"
+  sed '/^$/,$d' "$run/projects.toml" >"$run/baseline-projects.toml"
   RUST_LOG=warn "$VISITORD_BASELINE" run --config "$run/baseline.toml" >"$run/baseline.log" 2>&1 &
   blpid=$!; pids+=("$blpid")
 fi
@@ -189,11 +204,13 @@ fi
 servers=(visitord bare)
 declare -A url pidof
 url[visitord]="https://127.0.0.1:$vport/api/?pid=shop"; pidof[visitord]=$vpid
+url[signed]="https://127.0.0.1:$vport/api/?pid=signed"; pidof[signed]=$vpid
 url[bare]="https://127.0.0.1:$bport/api/?pid=shop"; pidof[bare]=$bpid
 if [ $have_nginx = 1 ]; then
   servers=(visitord nginx bare)
   url[nginx]="https://127.0.0.1:$nport/api/?pid=shop"; pidof[nginx]=$npid
 fi
+servers+=(signed)
 if [ -n "${VISITORD_BASELINE:-}" ]; then
   servers+=(baseline)
   url[baseline]="https://127.0.0.1:$blport/api/?pid=shop"; pidof[baseline]=$blpid
@@ -303,6 +320,7 @@ if [ $have_nginx = 1 ]; then
 fi
 echo "visitord / bare req/s:    $(ratio "${rps[visitord]}" "${rps[bare]}")  (goal >= 0.95)"
 echo "visitord / bare CPU:      $(ratio "${cpu[visitord]}" "${cpu[bare]}")"
+echo "signed / visitord CPU:    $(ratio "${cpu[signed]}" "${cpu[visitord]}")  (a signed answer beside an unsigned one)"
 if [ $have_nginx = 1 ]; then
   echo "visitord / nginx CPU:     $(ratio "${cpu[visitord]}" "${cpu[nginx]}")  (goal <= 1.00)"
 fi

@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the work visitord does per API request, piece by
 //! piece and whole: database lookup, user agent (cold and cached), origin
-//! check, and the full answer. `cargo bench --bench request_path`.
+//! check, the full answer, and what signing a token adds.
+//! `cargo bench --bench request_path`.
 //!
 //! The database benches use the DB-IP Lite city files (CC BY 4.0) that the
 //! load benchmark uses too, from `.bench-cache/` (or `VISITORD_BENCH_DB_DIR`).
@@ -24,6 +25,7 @@ use visitord::origin::{self, Decision, DomainPattern};
 use visitord::request::api;
 use visitord::request::route::{self, RequestFacts};
 use visitord::snapshot::Snapshot;
+use visitord::visitor::claims::{claims, ClaimsHead};
 use visitord::visitor::{success_body, visitor};
 
 /// The eight browsers the load benchmark (`benches/load.lua`) sends, one
@@ -314,15 +316,22 @@ enabled = false
 # Counted like in production, but never reached by the benchmark.
 [limits]
 requests_per_minute_per_ip = 1000000000
+
+[signing]
+keys = ["signing.pem"]
 "#
     );
+    visitord::certs::signing::generate_key_file(&dir.path().join("signing.pem"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let domains = DOMAINS
+        .iter()
+        .map(|d| format!("{d:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // `signed`: the same project whose answers carry a token.
     let projects = format!(
-        "[[project]]\nid = \"shop\"\ndomains = [{}]\n",
-        DOMAINS
-            .iter()
-            .map(|d| format!("{d:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "[[project]]\nid = \"shop\"\ndomains = [{domains}]\n\
+         [[project]]\nid = \"signed\"\ndomains = [{domains}]\nsigned = true\n"
     );
     let write = |name: &str, text: &str| {
         std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -413,6 +422,69 @@ fn whole_answer(c: &mut Criterion) {
     eprintln!("answer body: {} bytes", sample.body.len());
 }
 
+/// What signing adds: one token alone (claims written, then signed with
+/// Ed25519), and the whole API answer of a signed project beside the
+/// unsigned one's (`api_answer_*` above).
+fn signed_answer(c: &mut Criterion) {
+    let bench = load_snapshot();
+    let snap = &bench.snapshot;
+    let mut group = c.benchmark_group("signing");
+    group.throughput(Throughput::Elements(1));
+    let london: IpAddr = IpAddr::V4(Ipv4Addr::new(81, 2, 69, 142));
+    let location = snap.geo.lookup(london);
+    let agent = snap.agents.parse(browsers()[0]);
+    let data = visitor(london, &location, &agent);
+    let Some(signing) = snap.signing.as_ref() else {
+        panic!("the bench configuration has [signing]")
+    };
+    let Some(key) = signing.signer() else {
+        panic!("[signing] has a key")
+    };
+    group.bench_function("claims_and_ed25519_token", |b| {
+        b.iter(|| {
+            let head = ClaimsHead {
+                iss: signing.issuer(),
+                aud: "https://www.example.com",
+                iat: 1_796_000_000,
+                exp: 1_796_000_600,
+                pid: "signed",
+            };
+            let mut out = Vec::with_capacity(2048);
+            let claims = claims(black_box(&data), &head);
+            key.append_token(&mut out, &claims)
+                .unwrap_or_else(|e| panic!("{e}"));
+            black_box(out)
+        })
+    });
+    let limiter = Limiter::new();
+    let head = |pid: &str| {
+        http::Request::get(format!("/api/?pid={pid}"))
+            .header("host", "visitor.example.com")
+            .header("origin", std::str::from_utf8(ORIGIN).unwrap_or_default())
+            .header("user-agent", browsers()[0])
+            .header("x-forwarded-for", "81.2.69.142")
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_parts()
+            .0
+    };
+    for pid in ["shop", "signed"] {
+        let head = head(pid);
+        group.bench_function(format!("api_answer_{pid}_{}", bench.database), |b| {
+            b.iter(|| {
+                let facts = RequestFacts::read(
+                    &head,
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    ListenerKind::Tls,
+                    snap,
+                );
+                black_box(api::answer(snap, &facts, &limiter))
+            })
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -422,6 +494,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = geo_lookup, user_agent, origin_check, limits, usage, whole_answer
+    targets = geo_lookup, user_agent, origin_check, limits, usage, whole_answer, signed_answer
 }
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 //! `visitord`: the command line. `run` serves, `check` validates exactly what
 //! `run` would load, `lookup` answers one address from the shell, `certs`
-//! lists the certificates served.
+//! lists the certificates served, `signing-key` makes a signing key and
+//! prints the public set.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use visitord::certs::acme;
+use visitord::certs::signing;
 use visitord::clock;
 use visitord::snapshot::Snapshot;
 
@@ -75,6 +77,24 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Keys that sign visitor facts (docs/signing.md).
+    SigningKey {
+        #[command(subcommand)]
+        action: SigningKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SigningKeyCommand {
+    /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) to FILE;
+    /// an existing file is never replaced.
+    Generate {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the public keys of [signing] (the JWKS visitord serves),
+    /// without a running server.
+    Jwks(ConfigArg),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +116,7 @@ fn main() -> ExitCode {
             renew,
             config: ConfigArg { config },
         } => certs(config, renew.as_deref()),
+        Command::SigningKey { action } => signing_key(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,6 +170,15 @@ fn check(config: PathBuf) -> anyhow::Result<()> {
         snapshot.certificates.iter().count(),
         snapshot.sites.len(),
     );
+    if let Some(s) = &snapshot.signing {
+        println!(
+            "signing: {} key(s) published, {} signs; ttl {}s; issuer {}",
+            s.keys().len(),
+            s.signer().map_or("none", |k| k.kid()),
+            s.ttl_secs(),
+            s.issuer()
+        );
+    }
     if let (Some(acme), Some(plan)) = (&c.acme, &snapshot.acme) {
         let waiting: Vec<&str> = snapshot.certificates.waiting().collect();
         println!(
@@ -295,6 +325,37 @@ fn lookup(config: PathBuf, ip: IpAddr, user_agent: Option<&str>) -> anyhow::Resu
     let snapshot = Snapshot::load(&config, 1)?;
     let visitor = snapshot.visitor(ip, user_agent.unwrap_or(""));
     println!("{}", serde_json::to_string_pretty(&visitor.data())?);
+    Ok(())
+}
+
+fn signing_key(action: SigningKeyCommand) -> anyhow::Result<()> {
+    match action {
+        SigningKeyCommand::Generate { out } => {
+            let key = signing::generate_key_file(&out).map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {} ({}, kid {}): list it first in [signing] keys to sign with it",
+                out.display(),
+                key.alg(),
+                key.kid()
+            );
+        }
+        SigningKeyCommand::Jwks(ConfigArg { config }) => {
+            let c = visitord::config::Config::load(&config)?;
+            let files = c
+                .signing
+                .as_ref()
+                .map(|s| s.keys.as_slice())
+                .with_context(|| {
+                    format!(
+                        "{}: signing: no [signing] keys configured",
+                        config.display()
+                    )
+                })?;
+            let keys = signing::load_keys(&config, files)?;
+            let set: serde_json::Value = serde_json::from_slice(&signing::jwks(&keys))?;
+            println!("{}", serde_json::to_string_pretty(&set)?);
+        }
+    }
     Ok(())
 }
 

@@ -127,6 +127,7 @@ impl ProxyHttp for Visitord {
             Route::InvalidHost => answer::invalid_host("invalid Host header"),
             Route::HeadTooLarge => answer::head_too_large(),
             Route::SiteApi(i) => api::same_origin(snap, &facts, i, &self.limiter),
+            Route::Jwks => api::jwks(snap, &facts, &self.limiter),
             Route::Site(i) => match site::decide(snap, &facts, i) {
                 SiteDecision::Answer(answer) => answer,
                 SiteDecision::Proxy(request) => match self.site_ctx(snap, peer_ip(s), request) {

@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+/// The public signing keys' name under an API path, and under
+/// `/.well-known/` (RFC 8615) on hosts that are not sites.
+pub const JWKS_FILE: &str = "jwks.json";
+
 /// An API mount path: absolute, of `[A-Za-z0-9/-_.~]`, without `//`, not
 /// `/` itself, at most 256 bytes, and always ending in `/` (one is added).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,12 @@ impl ApiPath {
     /// the path without its trailing slash (`/api/` and `/api`).
     pub fn matches(&self, path: &str) -> bool {
         path == self.0 || Some(path) == self.0.strip_suffix('/')
+    }
+
+    /// Whether `path` is the public signing keys under this API:
+    /// `<path>jwks.json` (docs/signing.md).
+    pub fn is_jwks(&self, path: &str) -> bool {
+        path.strip_prefix(self.0.as_str()) == Some(JWKS_FILE)
     }
 }
 

@@ -11,6 +11,7 @@ mod acme;
 mod api_path;
 mod projects;
 mod raw;
+mod signing;
 mod site;
 mod store_url;
 
@@ -21,9 +22,10 @@ use std::time::Duration;
 use http::HeaderValue;
 
 pub use acme::{acme_name, Acme, Challenge, ExternalAccount};
-pub use api_path::ApiPath;
+pub use api_path::{ApiPath, JWKS_FILE};
 pub use projects::{is_valid_project_id, Project, ProjectId, Projects, MAX_PROJECT_ID_LEN};
 pub use raw::{ConfigError, UnknownCountry};
+pub use signing::Signing;
 pub use site::{CountryRule, SiteConfig, Timeouts, UpstreamAddr, VisitorHeader, VisitorHeaderSet};
 pub use store_url::StoreUrl;
 
@@ -55,6 +57,8 @@ pub struct Config {
     pub sites: Vec<SiteConfig>,
     /// `[acme]`: automatic certificates; `None` when not configured.
     pub acme: Option<Acme>,
+    /// `[signing]`: signed visitor facts; `None` when not configured.
+    pub signing: Option<Signing>,
 }
 
 /// `[limits]`: abuse limits (0 disables a count or a timeout).
@@ -227,6 +231,7 @@ impl Config {
             limits: limits(file, &raw.limits, &resolve)?,
             sites,
             acme,
+            signing: signing::parse_signing(file, raw.signing, &resolve)?,
         })
     }
 }
@@ -249,6 +254,7 @@ impl Config {
             files.extend(store.ca.iter().cloned());
         }
         files.extend(self.metrics.iter().filter_map(|m| m.token_file.clone()));
+        files.extend(self.signing.iter().flat_map(|s| s.keys.iter().cloned()));
         files
     }
 }

@@ -1,5 +1,6 @@
 //! `projects.toml` (docs/design.md §4): the projects that may call the API, each
-//! with the domains allowed to call it and an optional request limit.
+//! with the domains allowed to call it, an optional request limit, and
+//! whether its answers are signed.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,6 +48,9 @@ pub struct Project {
     pub domains: Vec<DomainPattern>,
     /// Requests per minute for the whole project; 0: no limit.
     pub requests_per_minute: u32,
+    /// The answer's `data` carries `token`, a JWS of the facts
+    /// (docs/signing.md); needs `[signing]`.
+    pub signed: bool,
 }
 
 /// `projects.toml`, validated: ids unique, domains parsed.
@@ -134,6 +138,7 @@ impl Projects {
                 id,
                 domains,
                 requests_per_minute: p.requests_per_minute,
+                signed: p.signed,
             });
         }
         Ok(Projects { list, by_id })

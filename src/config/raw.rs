@@ -71,6 +71,26 @@ pub(super) struct RawConfig {
     pub(super) site: Vec<RawSite>,
     #[serde(default)]
     pub(super) acme: Option<RawAcme>,
+    #[serde(default)]
+    pub(super) signing: Option<RawSigning>,
+}
+
+/// `[signing]`: signed visitor facts (see `config::signing`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSigning {
+    pub(super) keys: Vec<PathBuf>,
+    #[serde(default = "default_signing_ttl", with = "humantime_serde")]
+    pub(super) ttl: Duration,
+    /// `""`: `https://` and the first certificate name.
+    #[serde(default)]
+    pub(super) issuer: String,
+}
+
+/// Ten minutes: long enough for a page to send its facts to its backend,
+/// short enough that a copied token is soon worthless.
+fn default_signing_ttl() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `[acme]`: automatic certificates (see `config::acme`).
@@ -388,6 +408,8 @@ pub(super) struct RawProject {
     pub(super) domains: Vec<String>,
     #[serde(default)]
     pub(super) requests_per_minute: u32,
+    #[serde(default)]
+    pub(super) signed: bool,
 }
 
 /// One `[[site]]` table as written.

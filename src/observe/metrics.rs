@@ -166,6 +166,7 @@ label_enum! {
         BadRequest => "bad_request",
         Unknown => "unknown",
         AcmeChallenge => "acme_challenge",
+        Jwks => "jwks",
     }
 }
 

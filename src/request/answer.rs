@@ -45,6 +45,13 @@ impl Answer {
         }
     }
 
+    /// An answer that caches may keep (the public keys), with this
+    /// `Cache-Control` instead of `no-store`. Kept among the answer's own
+    /// headers, so that an `Answer` stays small.
+    pub fn with_cache_control(self, value: HeaderValue) -> Answer {
+        self.with_header(header::CACHE_CONTROL, value)
+    }
+
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Answer {
         self.headers.push((name, value));
         self
@@ -62,8 +69,8 @@ impl Answer {
     }
 
     /// Every header of the answer as written: its own, then those every
-    /// answer visitord writes carries — `Content-Type`, `Cache-Control:
-    /// no-store`, `X-Content-Type-Options: nosniff`, HSTS when `hsts` is
+    /// answer visitord writes carries — `Content-Type`, `Cache-Control`
+    /// (`no-store` unless the answer says otherwise), `X-Content-Type-Options: nosniff`, HSTS when `hsts` is
     /// given (TLS listeners with `tls.hsts`), and `Content-Length` (not on
     /// a 204, RFC 9110 §8.6). The one place these are added, whatever
     /// writes the answer.
@@ -76,7 +83,8 @@ impl Answer {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(self.content_type),
             )),
-            Some((header::CACHE_CONTROL, HeaderValue::from_static("no-store"))),
+            (!self.headers.iter().any(|(n, _)| n == header::CACHE_CONTROL))
+                .then(|| (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))),
             Some((
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
@@ -441,6 +449,15 @@ mod tests {
         );
         let no_content = Answer::new(204, Bytes::new());
         assert!(!names(&no_content, None).contains(&"content-length".to_owned()));
+        let cache_control = |a: &Answer| -> Vec<HeaderValue> {
+            a.all_headers(None)
+                .filter(|(n, _)| n == header::CACHE_CONTROL)
+                .map(|(_, v)| v)
+                .collect()
+        };
+        assert_eq!(cache_control(&not_found()), ["no-store"]);
+        let cached = health().with_cache_control(HeaderValue::from_static("max-age=60"));
+        assert_eq!(cache_control(&cached), ["max-age=60"], "its own, once");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 
+use crate::certs::signing::{SignError, Signing};
+use crate::clock;
 use crate::config::Project;
 use crate::limits::Limiter;
 use crate::observe::usage;
@@ -16,13 +18,14 @@ use crate::request::answer::{self, Answer};
 use crate::request::query;
 use crate::request::route::{Method, RequestFacts};
 use crate::snapshot::Snapshot;
-use crate::visitor::success_body;
+use crate::visitor::claims::{claims, ClaimsHead};
+use crate::visitor::{signed_body, success_body, VisitorData};
 
 /// How long browsers may cache a preflight answer. Chromium caps it at 2 h.
 pub const PREFLIGHT_MAX_AGE: &str = "7200";
 /// `Allow` on a 405 from the API.
 pub const API_ALLOW: &str = "GET, HEAD, OPTIONS";
-/// `Allow` on a 405 from a site's same-origin API.
+/// `Allow` on a 405 from a site's same-origin API and the public keys.
 pub const SAME_ORIGIN_ALLOW: &str = "GET, HEAD";
 
 /// Answers an API request: limit, validate, authorise, look up, render.
@@ -112,8 +115,12 @@ fn for_project(
     {
         return answer::too_many_requests(refusal);
     }
-    let reply = match req.method {
-        Method::Options => preflight(req.cors_request_headers),
+    let reply = match (req.method, project.signed, &snap.signing) {
+        (Method::Options, ..) => preflight(req.cors_request_headers),
+        (_, true, Some(signing)) => {
+            let visitor = snap.visitor(req.client.ip, req.user_agent);
+            signed_answer(signing, &visitor.data(), project, &echo)
+        }
         _ => {
             let visitor = snap.visitor(req.client.ip, req.user_agent);
             Answer::new(200, Bytes::from(success_body(&visitor.data())))
@@ -122,6 +129,59 @@ fn for_project(
     reply
         .with_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, echo)
         .with_header(header::VARY, HeaderValue::from_static("Origin"))
+}
+
+/// The answer of a `signed` project: `data` with `token`, a JWS of the
+/// facts for the allowed origin `aud` (docs/signing.md). Nothing about
+/// the token is logged or kept.
+fn signed_answer(
+    signing: &Signing,
+    data: &VisitorData<'_>,
+    project: &Project,
+    aud: &HeaderValue,
+) -> Answer {
+    let iat = clock::now();
+    let head = ClaimsHead {
+        iss: signing.issuer(),
+        // Made from a `&str` in `allowed_origin`.
+        aud: std::str::from_utf8(aud.as_bytes()).unwrap_or(""),
+        iat,
+        exp: iat.saturating_add(signing.ttl_secs()),
+        pid: project.id.as_str(),
+    };
+    let claims = claims(data, &head);
+    let signed = signing.signer().ok_or(SignError::NO_KEY).and_then(|key| {
+        // base64url of the claims, the header and the signature.
+        let extra = claims.len() * 4 / 3 + 256;
+        signed_body(data, extra, |out| key.append_token(out, &claims))
+    });
+    match signed {
+        Ok(body) => Answer::new(200, Bytes::from(body)),
+        Err(e) => {
+            log::error!("project {}: {e}", project.id);
+            answer::error(500, "internal error")
+        }
+    }
+}
+
+/// The public signing keys (RFC 7517), for anyone: a backend verifying
+/// tokens fetches them, from any origin. Cacheable for at most `ttl`.
+pub fn jwks(snap: &Snapshot, req: &RequestFacts<'_>, limiter: &Limiter) -> Answer {
+    if let Err(refused) = admit_client(snap, req, limiter) {
+        return refused;
+    }
+    let Some(signing) = &snap.signing else {
+        return answer::not_found();
+    };
+    match req.method {
+        Method::Get | Method::Head => Answer::new(200, signing.jwks().clone())
+            .with_header(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            )
+            .with_cache_control(signing.jwks_cache_control().clone()),
+        Method::Options | Method::Other => answer::method_not_allowed(SAME_ORIGIN_ALLOW),
+    }
 }
 
 /// The value of `Access-Control-Allow-Origin` for the caller when the
@@ -205,7 +265,9 @@ fn simple_request_headers(raw: &[u8]) -> Option<HeaderValue> {
 mod tests {
     use super::*;
     use crate::config::ListenerKind;
-    use crate::request::route::tests::{request, snapshot};
+    use crate::request::route::tests::{request, signed_snapshot, snapshot};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
 
     #[test]
     fn preflight_grants_only_safelisted_headers() {
@@ -425,6 +487,95 @@ mod tests {
             (429, Some(Exceeded::ClientRate))
         );
         assert!(header(&a, "retry-after").is_some());
+    }
+
+    /// A signed project's answer is the unsigned answer plus `token`,
+    /// whose claims are its facts for the echoed origin, signed by the
+    /// first key as published; an unsigned project of the same snapshot
+    /// gets no token.
+    #[test]
+    fn a_signed_project_gets_a_token_of_its_facts() {
+        let snap = signed_snapshot("");
+        let limiter = Limiter::new();
+        let ask = |pid: &str, origin: &str| {
+            let req = request("GET", &format!("/api/?pid={pid}"), &[("origin", origin)]);
+            let facts =
+                RequestFacts::read(&req, "8.8.8.8".parse().unwrap(), ListenerKind::Tls, &snap);
+            answer(&snap, &facts, &limiter)
+        };
+        let a = ask("signed", "https://Example.com:443");
+        assert_eq!(a.status, 200);
+        let echo = header(&a, "access-control-allow-origin")
+            .unwrap()
+            .to_owned();
+        let mut v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        let data = v["data"].as_object_mut().unwrap();
+        let token = data.remove("token").unwrap();
+        let unsigned = ask("demo", "https://example.com");
+        let plain: serde_json::Value = serde_json::from_slice(&unsigned.body).unwrap();
+        assert!(plain["data"].get("token").is_none());
+        assert_eq!(v, plain, "nothing else changes");
+        let token = token.as_str().unwrap();
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        let (header_b64, claims_b64) = input.split_once('.').unwrap();
+        let signer = snap.signing.as_ref().unwrap().signer().unwrap();
+        let jws_header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_b64).unwrap()).unwrap();
+        assert_eq!(
+            jws_header,
+            serde_json::json!({"alg": "EdDSA", "kid": signer.kid(), "typ": "JWT"})
+        );
+        let jwk = signer.public_jwk();
+        let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, x)
+            .verify(
+                input.as_bytes(),
+                &URL_SAFE_NO_PAD.decode(signature).unwrap(),
+            )
+            .unwrap();
+        let c: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims_b64).unwrap()).unwrap();
+        assert_eq!(c["aud"], echo.as_str());
+        assert_eq!(c["iss"], "https://visitor.example");
+        assert_eq!(c["pid"], "signed");
+        assert_eq!(c["ip"], "8.8.8.8");
+        assert_eq!(c["countryCode"], "US");
+        assert_eq!(c["currencies"], plain["data"]["currencies"]);
+        assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 600);
+        // A preflight is not signed.
+        let req = request(
+            "OPTIONS",
+            "/api/?pid=signed",
+            &[("origin", "https://example.com")],
+        );
+        let facts = RequestFacts::read(&req, "8.8.8.8".parse().unwrap(), ListenerKind::Tls, &snap);
+        assert!(answer(&snap, &facts, &limiter).body.is_empty());
+    }
+
+    #[test]
+    fn the_public_keys_are_for_anyone_and_cacheable() {
+        let ask = |snap: &Snapshot, method: &str| {
+            let req = request(method, "/.well-known/jwks.json", &[]);
+            let facts =
+                RequestFacts::read(&req, "8.8.8.8".parse().unwrap(), ListenerKind::Tls, snap);
+            jwks(snap, &facts, &Limiter::new())
+        };
+        let snap = signed_snapshot("");
+        let a = ask(&snap, "GET");
+        assert_eq!(a.status, 200);
+        assert_eq!(header(&a, "access-control-allow-origin"), Some("*"));
+        let names: Vec<String> = a
+            .all_headers(None)
+            .filter(|(n, _)| n == header::CACHE_CONTROL)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["public, max-age=600"]);
+        let set: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        let kid = snap.signing.as_ref().unwrap().signer().unwrap().kid();
+        assert_eq!(set["keys"][0]["kid"], kid);
+        assert_eq!(ask(&snap, "HEAD").status, 200);
+        assert_eq!(ask(&snap, "POST").status, 405);
+        assert_eq!(ask(&snapshot(""), "GET").status, 404);
     }
 
     const SITES: &str = "[[site]]\nhosts = [\"shop.example.com\"]\nupstreams = [\"127.0.0.1:1\"]\napi_path = \"/visitor-api/\"\n\

@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
 use crate::certs::acme::challenge::http01_token;
-use crate::config::{Challenge, ListenerKind};
+use crate::config::{Challenge, ListenerKind, JWKS_FILE};
 use crate::net::client_ip::{self, ClientIp};
 use crate::net::host::{self, Authority, HostError};
 use crate::observe::metrics::RouteLabel;
@@ -204,6 +204,10 @@ pub enum Route {
     InvalidHost,
     /// A head over `limits.max_request_head` that was read whole.
     HeadTooLarge,
+    /// The public signing keys (with `[signing]`): `/.well-known/jwks.json`
+    /// on hosts that are not sites, `<api path>jwks.json` wherever the API
+    /// answers.
+    Jwks,
 }
 
 impl Route {
@@ -219,6 +223,7 @@ impl Route {
             Route::Site(_) => RouteLabel::Site,
             Route::SiteApi(_) => RouteLabel::SiteApi,
             Route::InvalidHost | Route::HeadTooLarge => RouteLabel::BadRequest,
+            Route::Jwks => RouteLabel::Jwks,
         }
     }
 }
@@ -242,15 +247,11 @@ pub fn route(snap: &Snapshot, facts: &RequestFacts<'_>) -> Route {
     if https_port.is_none() {
         let site = facts.valid_host().and_then(|h| snap.sites.find(h.as_str()));
         if let Some(i) = site {
-            let same_origin = snap
-                .sites
-                .get(i)
-                .and_then(|s| s.config.api_path.as_ref())
-                .is_some_and(|p| p.matches(facts.path));
-            return if same_origin {
-                Route::SiteApi(i)
-            } else {
-                Route::Site(i)
+            let api_path = snap.sites.get(i).and_then(|s| s.config.api_path.as_ref());
+            return match api_path {
+                Some(p) if p.matches(facts.path) => Route::SiteApi(i),
+                Some(p) if snap.signing.is_some() && p.is_jwks(facts.path) => Route::Jwks,
+                _ => Route::Site(i),
             };
         }
     }
@@ -268,9 +269,18 @@ pub fn route(snap: &Snapshot, facts: &RequestFacts<'_>) -> Route {
         _ => match https_port {
             Some(https_port) => Route::Redirect { https_port },
             None if snap.config.api.path.matches(facts.path) => Route::Api,
+            None if snap.signing.is_some() && is_jwks(snap, facts.path) => Route::Jwks,
             None => Route::NotFound,
         },
     }
+}
+
+/// The public keys' paths on a host that is not a site.
+fn is_jwks(snap: &Snapshot, path: &str) -> bool {
+    snap.config.api.path.is_jwks(path)
+        || path
+            .strip_prefix("/.well-known/")
+            .is_some_and(|rest| rest == JWKS_FILE)
 }
 
 #[cfg(test)]
@@ -284,11 +294,28 @@ pub(crate) mod tests {
     /// project (`demo`: `example.com`, `*.example.com`, `localhost`) and
     /// the sites given, trusting `127.0.0.0/8`.
     pub(crate) fn snapshot(sites: &str) -> Snapshot {
+        snapshot_with("", sites)
+    }
+
+    /// [`snapshot`] with `[signing]` (one new key, issuer
+    /// `https://visitor.example`, ttl 10 min) and a second project,
+    /// `signed` (`example.com`), whose answers are signed.
+    pub(crate) fn signed_snapshot(sites: &str) -> Snapshot {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("signing.pem");
+        crate::certs::signing::generate_key_file(&key).unwrap();
+        snapshot_with(
+            "[[project]]\nid = \"signed\"\ndomains = [\"example.com\"]\nsigned = true\n",
+            &format!("[signing]\nkeys = [{key:?}]\nissuer = \"https://visitor.example\"\n{sites}"),
+        )
+    }
+
+    fn snapshot_with(more_projects: &str, sites: &str) -> Snapshot {
         let dir = tempfile::tempdir().unwrap();
         let projects = dir.path().join("projects.toml");
         std::fs::write(
             &projects,
-            "[[project]]\nid = \"demo\"\ndomains = [\"example.com\", \"*.example.com\", \"localhost\"]\nrequests_per_minute = 3\n",
+            format!("[[project]]\nid = \"demo\"\ndomains = [\"example.com\", \"*.example.com\", \"localhost\"]\nrequests_per_minute = 3\n{more_projects}"),
         )
         .unwrap();
         let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("geo-db/iptoasn-country.mmdb");
@@ -437,6 +464,54 @@ pub(crate) mod tests {
         assert_eq!(at("/healthz", TLS), Route::Health);
         assert_eq!(at("/readyz", PLAIN), Route::Ready);
         assert_eq!(at("/api/", PLAIN), Route::Redirect { https_port: 8443 });
+        // Without [signing] there are no public keys to serve.
+        assert_eq!(at("/.well-known/jwks.json", TLS), Route::NotFound);
+        assert_eq!(at("/api/jwks.json", TLS), Route::NotFound);
+    }
+
+    #[test]
+    fn the_public_keys_are_served_where_no_site_path_is_shadowed() {
+        let snap = signed_snapshot(
+            "[[site]]\nhosts = [\"shop.example.com\"]\nupstreams = [\"127.0.0.1:1\"]\napi_path = \"/visitor-api/\"\n\
+             [[site]]\nhosts = [\"plain.example.com\"]\nupstreams = [\"127.0.0.1:2\"]\n",
+        );
+        let at = |host: &str, path: &str, listener: ListenerKind| {
+            let req = request("GET", path, &[("host", host)]);
+            route(&snap, &facts(&snap, &req, listener))
+        };
+        assert_eq!(at("localhost", "/.well-known/jwks.json", TLS), Route::Jwks);
+        assert_eq!(at("localhost", "/api/jwks.json", TLS), Route::Jwks);
+        assert_eq!(at("localhost", "/api/jwks.jsonx", TLS), Route::NotFound);
+        assert_eq!(
+            at("localhost", "/.well-known/jwks.json/", TLS),
+            Route::NotFound
+        );
+        assert_eq!(
+            at("localhost", "/visitor-api/jwks.json", TLS),
+            Route::NotFound
+        );
+        assert_eq!(
+            at("shop.example.com", "/visitor-api/jwks.json", TLS),
+            Route::Jwks
+        );
+        // A site's own /.well-known/ and /api/ are the site's.
+        assert_eq!(
+            at("shop.example.com", "/.well-known/jwks.json", TLS),
+            Route::Site(0)
+        );
+        assert_eq!(
+            at("shop.example.com", "/api/jwks.json", TLS),
+            Route::Site(0)
+        );
+        assert_eq!(
+            at("plain.example.com", "/.well-known/jwks.json", TLS),
+            Route::Site(1)
+        );
+        assert_eq!(
+            at("localhost", "/.well-known/jwks.json", PLAIN),
+            Route::Redirect { https_port: 8443 }
+        );
+        assert_eq!(Route::Jwks.label().as_label(), "jwks");
     }
 
     #[test]

@@ -21,7 +21,8 @@ use arc_swap::ArcSwap;
 pub mod publish;
 
 use crate::certs::acme::{self, client::AcmeError};
-use crate::certs::tls::{Certificates, TlsError};
+use crate::certs::signing::{self, Signing};
+use crate::certs::tls::{CertSource, Certificates, TlsError};
 use crate::config::{CertificateFiles, Config, ConfigError, Projects};
 use crate::lookup::agent::{Agent, AgentError, AgentParser};
 use crate::lookup::geo::{GeoDb, GeoError};
@@ -60,6 +61,8 @@ pub enum LoadError {
         key: String,
         error: Box<LoadError>,
     },
+    #[error(transparent)]
+    Signing(ConfigError),
 }
 
 impl LoadError {
@@ -72,6 +75,7 @@ impl LoadError {
             LoadError::Agent(_) => "user_agent",
             LoadError::Tls(_) => "tls",
             LoadError::Acme(_) => "acme",
+            LoadError::Signing(_) => "signing",
             LoadError::Referenced { error, .. } => error.kind(),
         }
     }
@@ -131,6 +135,8 @@ pub struct Snapshot {
     /// `[limits] shared_store` with its password and CA read; `None`:
     /// project limits count per node.
     pub shared_store: Option<Arc<StoreSettings>>,
+    /// `[signing]` with its keys read; `None`: no project is signed.
+    pub signing: Option<Signing>,
     pub loaded_at: SystemTime,
 }
 
@@ -160,17 +166,10 @@ impl Snapshot {
             Some(a) => Some(load_acme(&config, a, &mut certificates)?),
             None => None,
         };
+        let signing = load_signing(&config, &projects, &certificates, acme.as_ref())?;
         let geo = open_geo(&config)?;
         let agents_stamp = config.user_agent.regexes.as_deref().and_then(FileStamp::of);
-        let reusable = previous.filter(|p| {
-            p.config.user_agent.regexes == config.user_agent.regexes
-                && p.agents_stamp == agents_stamp
-        });
-        let agents = match (reusable, &config.user_agent.regexes) {
-            (Some(p), _) => p.agents.clone(),
-            (None, Some(path)) => Arc::new(load_agents(&config, path)?),
-            (None, None) => Arc::new(AgentParser::builtin()?),
-        };
+        let agents = agent_rules(&config, agents_stamp, previous)?;
         let shared_store = match &config.limits.shared_store {
             Some(store) => Some(Arc::new(StoreSettings::load(&config.file, store)?)),
             None => None,
@@ -199,6 +198,7 @@ impl Snapshot {
             metrics_token,
             origin_cache: AllowedOrigins::new(),
             shared_store,
+            signing,
             loaded_at: SystemTime::now(),
         })
     }
@@ -304,6 +304,63 @@ fn certificate_key(config: &Config, pairs: &[CertificateFiles], e: TlsError) -> 
     });
     let key = key.unwrap_or_else(|| "tls.certificates".to_owned());
     LoadError::from(e).named_by(config, key)
+}
+
+/// The user-agent rules: the previous snapshot's while their file is
+/// unchanged, else compiled anew.
+fn agent_rules(
+    config: &Config,
+    stamp: Option<FileStamp>,
+    previous: Option<&Snapshot>,
+) -> Result<Arc<AgentParser>, LoadError> {
+    let reusable = previous.filter(|p| {
+        p.config.user_agent.regexes == config.user_agent.regexes && p.agents_stamp == stamp
+    });
+    Ok(match (reusable, &config.user_agent.regexes) {
+        (Some(p), _) => p.agents.clone(),
+        (None, Some(path)) => Arc::new(load_agents(config, path)?),
+        (None, None) => Arc::new(AgentParser::builtin()?),
+    })
+}
+
+/// `[signing]`'s keys, and its issuer (`https://` and the first
+/// certificate name unless set). A `signed` project needs `[signing]`.
+fn load_signing(
+    config: &Config,
+    projects: &Projects,
+    certificates: &Certificates,
+    acme: Option<&acme::Plan>,
+) -> Result<Option<Signing>, LoadError> {
+    let Some(settings) = &config.signing else {
+        return match projects.iter().position(|p| p.signed) {
+            Some(i) => Err(LoadError::Projects(ConfigError::invalid(
+                &config.api.projects,
+                format!("project[{i}].signed"),
+                format!("{} has no [signing] keys", config.file.display()),
+            ))),
+            None => Ok(None),
+        };
+    };
+    let names = certificates
+        .iter()
+        .filter(|c| c.source == CertSource::File)
+        .flat_map(|c| c.names.iter())
+        .chain(acme.iter().flat_map(|p| p.managed.iter()))
+        .map(String::as_str);
+    let Some(issuer) = settings
+        .issuer
+        .clone()
+        .or_else(|| signing::default_issuer(names))
+    else {
+        return Err(LoadError::Signing(ConfigError::invalid(
+            &config.file,
+            "signing.issuer",
+            "not set, and no certificate name to make it from: set it",
+        )));
+    };
+    Signing::load(&config.file, settings, issuer)
+        .map(Some)
+        .map_err(LoadError::Signing)
 }
 
 /// Splits `[acme]`'s names (a file pair wins) and loads the certificates

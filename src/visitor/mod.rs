@@ -3,6 +3,7 @@
 //! visitord: the API's `data` object, and the `X-Visitor-*` headers a site
 //! behind visitord receives.
 
+pub mod claims;
 pub mod header_buf;
 pub mod json;
 
@@ -112,6 +113,33 @@ pub fn success_body(d: &VisitorData<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(768);
     out.extend_from_slice(br#"{"status":200,"result":"success","data":{"ipAddress":"#);
     json::push_str(&mut out, &d.ip_address);
+    push_facts(&mut out, d);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// [`success_body`] with `"token"` last in `data`: `token` appends the
+/// token's characters, which must need no JSON escaping (a compact JWS is
+/// base64url and dots). `extra` is room for the token.
+pub fn signed_body<E>(
+    d: &VisitorData<'_>,
+    extra: usize,
+    token: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let mut out = Vec::with_capacity(768 + extra);
+    out.extend_from_slice(br#"{"status":200,"result":"success","data":{"ipAddress":"#);
+    json::push_str(&mut out, &d.ip_address);
+    push_facts(&mut out, d);
+    out.extend_from_slice(br#","token":""#);
+    token(&mut out)?;
+    out.extend_from_slice(br#""}}"#);
+    Ok(out)
+}
+
+/// Every field of `data` after the address, each with its leading comma:
+/// the answer's and the token's claims share it, so a claim always has
+/// the answer's name and value.
+pub(crate) fn push_facts(out: &mut Vec<u8>, d: &VisitorData<'_>) {
     let strings = |out: &mut Vec<u8>, fields: &[(&[u8], &str)]| {
         for (key, value) in fields {
             out.extend_from_slice(key);
@@ -119,18 +147,18 @@ pub fn success_body(d: &VisitorData<'_>) -> Vec<u8> {
         }
     };
     strings(
-        &mut out,
+        out,
         &[
             (br#","countryCode":"#, d.country_code),
             (br#","countryName":"#, d.country_name),
         ],
     );
     out.extend_from_slice(br#","currencies":"#);
-    json::push_str_array(&mut out, d.currencies.iter().copied());
+    json::push_str_array(out, d.currencies.iter().copied());
     out.extend_from_slice(br#","languages":"#);
-    json::push_str_array(&mut out, d.languages.iter().map(String::as_str));
+    json::push_str_array(out, d.languages.iter().map(String::as_str));
     strings(
-        &mut out,
+        out,
         &[
             (br#","region":"#, d.region),
             (br#","regionName":"#, d.region_name),
@@ -153,11 +181,9 @@ pub fn success_body(d: &VisitorData<'_>) -> Vec<u8> {
     } else {
         br#","isEU":false,"asn":"#
     });
-    json::push_u32(&mut out, d.asn);
+    json::push_u32(out, d.asn);
     out.extend_from_slice(br#","asOrganization":"#);
-    json::push_str(&mut out, d.as_organization);
-    out.extend_from_slice(b"}}");
-    out
+    json::push_str(out, d.as_organization);
 }
 
 /// The `X-Visitor-*` header names, in [`VisitorHeader`] order: the
