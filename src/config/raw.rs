@@ -217,6 +217,10 @@ pub(super) struct RawServer {
     pub(super) threads: usize,
     #[serde(default = "default_grace_period", with = "humantime_serde")]
     pub(super) grace_period: Duration,
+    /// Where a new instance (`run --upgrade`) receives the listening
+    /// sockets; `None`: see `Config::parse`.
+    #[serde(default)]
+    pub(super) upgrade_socket: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -224,6 +228,7 @@ impl Default for RawServer {
         RawServer {
             threads: default_threads(),
             grace_period: default_grace_period(),
+            upgrade_socket: None,
         }
     }
 }
