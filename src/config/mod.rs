@@ -181,21 +181,7 @@ impl Config {
         let base = file.parent().unwrap_or_else(|| Path::new(""));
         let resolve = |p: &Path| base.join(p);
 
-        if raw.server.threads == 0 || raw.server.threads > 1024 {
-            return Err(ConfigError::invalid(
-                file,
-                "server.threads",
-                format!("{} is out of range 1..=1024", raw.server.threads),
-            ));
-        }
-        if raw.server.grace_period > Duration::from_secs(3600) {
-            return Err(ConfigError::invalid(
-                file,
-                "server.grace_period",
-                "longer than 1h",
-            ));
-        }
-
+        let server = server(file, raw.server)?;
         let listeners = listeners(file, &raw.listen)?;
         let needs_tls = listeners.iter().any(|l| l.kind == ListenerKind::Tls);
         let has_acme = raw.acme.is_some();
@@ -254,15 +240,7 @@ impl Config {
 
         Ok(Config {
             file: file.to_path_buf(),
-            server: Server {
-                threads: raw.server.threads,
-                grace_period: raw.server.grace_period,
-                upgrade_socket: upgrade_socket(
-                    file,
-                    raw.server.upgrade_socket.as_deref(),
-                    std::env::var_os("RUNTIME_DIRECTORY"),
-                )?,
-            },
+            server,
             listeners,
             tls,
             api,
@@ -534,25 +512,28 @@ fn shared_store(
     }))
 }
 
-/// The `[[site]]`s of a minimal configuration with these tables (the
-/// text of each, without its `[[site]]` line), as other modules' tests
-/// build them. Paths resolve from `/etc/visitord`.
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
-pub(crate) fn test_sites(tables: &[&str]) -> Vec<SiteConfig> {
-    let mut text = String::from(
-        "[[listen]]\naddr = \"127.0.0.1:8443\"\ntls = true\n\
-         [tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n\
-         [geo]\ndatabases = [\"x.mmdb\"]\n",
-    );
-    for table in tables {
-        text.push_str("[[site]]\n");
-        text.push_str(table);
-        text.push('\n');
+/// `[server]`.
+fn server(file: &Path, raw: raw::RawServer) -> Result<Server, ConfigError> {
+    if raw.threads == 0 || raw.threads > 1024 {
+        return Err(ConfigError::invalid(
+            file,
+            "server.threads",
+            format!("{} is out of range 1..=1024", raw.threads),
+        ));
     }
-    Config::parse(Path::new("/etc/visitord/visitord.toml"), &text)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .sites
+    if raw.grace_period > Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            file,
+            "server.grace_period",
+            "longer than 1h",
+        ));
+    }
+    let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY");
+    Ok(Server {
+        threads: raw.threads,
+        grace_period: raw.grace_period,
+        upgrade_socket: upgrade_socket(file, raw.upgrade_socket.as_deref(), runtime_dir)?,
+    })
 }
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes
@@ -596,6 +577,27 @@ fn upgrade_socket(
         ));
     }
     Ok(path)
+}
+
+/// The `[[site]]`s of a minimal configuration with these tables (the
+/// text of each, without its `[[site]]` line), as other modules' tests
+/// build them. Paths resolve from `/etc/visitord`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
+pub(crate) fn test_sites(tables: &[&str]) -> Vec<SiteConfig> {
+    let mut text = String::from(
+        "[[listen]]\naddr = \"127.0.0.1:8443\"\ntls = true\n\
+         [tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n\
+         [geo]\ndatabases = [\"x.mmdb\"]\n",
+    );
+    for table in tables {
+        text.push_str("[[site]]\n");
+        text.push_str(table);
+        text.push('\n');
+    }
+    Config::parse(Path::new("/etc/visitord/visitord.toml"), &text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .sites
 }
 
 #[cfg(test)]
