@@ -434,3 +434,41 @@ fn measure_a_plain_restart() {
         tally.ok, tally.failed, tally.refused
     );
 }
+
+/// `run --upgrade` with no instance on these addresses fails at once and
+/// says what to do instead.
+#[test]
+fn an_upgrade_with_nothing_running_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Server::prepare(dir.path(), &Options::default());
+    common::TestCa::new().leaf(&dir.path().join("tls"), "server", &["localhost"]);
+    let (ok, _, err) = common::run_cli(&["run", "--upgrade", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("nothing to take over"), "{err}");
+    assert!(err.contains("visitord run"), "{err}");
+    // Said before Pingora's wait for sockets that would never come, which
+    // ends in its own "Bootstrap failed".
+    assert!(!err.contains("Bootstrap failed"), "{err}");
+}
+
+/// The unit lets a child of the main process become the main process, has
+/// the runtime directory the upgrade socket defaults to, and keeps
+/// `systemctl reload` a SIGHUP; the command it documents is the one the
+/// log line and docs/operations.md name.
+#[test]
+fn the_unit_follows_the_new_instance() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let unit = std::fs::read_to_string(format!("{root}/systemd/visitord.service")).unwrap();
+    let has = |line: &str| unit.lines().any(|l| l == line);
+    assert!(has("Type=notify"));
+    assert!(has("NotifyAccess=all"));
+    assert!(has("RuntimeDirectory=visitord"));
+    assert!(unit
+        .lines()
+        .any(|l| l.starts_with("ExecReload=") && l.ends_with("-HUP $MAINPID")));
+    let command = "systemctl kill --signal=SIGUSR2 --kill-whom=main visitord";
+    assert!(unit.contains(command));
+    let operations = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
+    assert!(operations.contains(command));
+    assert!(operations.contains("## Upgrade, restart, reload — which to use when"));
+}

@@ -106,29 +106,34 @@ impl ShutdownSignalWatch for Signals {
         let mut interrupt = listen(SignalKind::interrupt());
         let mut start = listen(SignalKind::user_defined2());
         loop {
-            tokio::select! {
+            let child = tokio::select! {
                 () = next(&mut terminate) => return ShutdownSignal::GracefulTerminate,
                 () = next(&mut interrupt) => return ShutdownSignal::FastShutdown,
                 () = next(&mut quit) => {
                     log::info!("SIGQUIT received");
-                    if self.successor_listening(None).await {
-                        return ShutdownSignal::GracefulUpgrade;
-                    }
+                    None
                 }
                 () = next(&mut start) => {
                     log::info!("SIGUSR2 received: starting a new instance to hand over to");
                     match self.start_successor() {
-                        Ok(child) => {
-                            if self.successor_listening(Some(child)).await {
-                                return ShutdownSignal::GracefulUpgrade;
-                            }
+                        Ok(child) => Some(child),
+                        Err(e) => {
+                            log::warn!(
+                                "upgrade: cannot start {}: {e}; this one keeps serving",
+                                self.executable.display()
+                            );
+                            continue;
                         }
-                        Err(e) => log::warn!(
-                            "upgrade: cannot start {}: {e}; this one keeps serving",
-                            self.executable.display()
-                        ),
                     }
                 }
+            };
+            // SIGTERM and SIGINT still work while the new instance starts.
+            tokio::select! {
+                handed = self.successor_listening(child) => if handed {
+                    return ShutdownSignal::GracefulUpgrade;
+                },
+                () = next(&mut terminate) => return ShutdownSignal::GracefulTerminate,
+                () = next(&mut interrupt) => return ShutdownSignal::FastShutdown,
             }
         }
     }
