@@ -161,10 +161,7 @@ pub fn run(snapshot: Snapshot, sockets: Sockets) -> Result<(), ServerError> {
     crate::services::reload::spawn(config.file.clone(), shared.clone(), history)?;
 
     if sockets == Sockets::TakeOver {
-        log::info!(
-            "upgrade: waiting on {} for the running instance's listening sockets (it sends them on SIGQUIT)",
-            config.server.upgrade_socket.display()
-        );
+        ask_to_hand_over(&config);
     }
     // Receives the sockets in an upgrade (Pingora exits 1, saying why, if
     // none come); nothing that can fail comes after this.
@@ -176,6 +173,24 @@ pub fn run(snapshot: Snapshot, sockets: Sockets) -> Result<(), ServerError> {
         shutdown_signal: Box::new(signals),
     });
     Ok(())
+}
+
+/// Tells the running instance (SIGQUIT) to hand its sockets over once this
+/// one listens on the upgrade socket, which it does right after this.
+fn ask_to_hand_over(config: &Config) {
+    let addrs: Vec<SocketAddr> = listen_addresses(config)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    let asked = crate::services::upgrade::ask_holders_to_hand_over(&addrs);
+    let who = match asked.as_slice() {
+        [] => "SIGQUIT it yourself: its process was not found".to_owned(),
+        pids => format!("sent SIGQUIT to process {pids:?}"),
+    };
+    log::info!(
+        "upgrade: waiting on {} for the running instance's listening sockets ({who})",
+        config.server.upgrade_socket.display()
+    );
 }
 
 /// Every listener, the metrics listener and the background services;

@@ -472,3 +472,26 @@ fn the_unit_follows_the_new_instance() {
     assert!(operations.contains(command));
     assert!(operations.contains("## Upgrade, restart, reload — which to use when"));
 }
+
+/// `run --upgrade` alone is an upgrade: the new instance finds the process
+/// holding the listening sockets and sends it SIGQUIT itself.
+#[test]
+fn run_upgrade_alone_is_an_upgrade() {
+    let s = Server::with(options(String::new()));
+    let old = s.pid();
+    let load = Load::start(&s, s.https.port(), 2);
+    let mut next = Successor::start(&s);
+    let status = s.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let tally = load.finish();
+    assert_eq!(tally.failed, 0, "{tally:?}");
+    assert!(
+        next.logs()
+            .contains(&format!("sent SIGQUIT to process [{old}]")),
+        "{}",
+        next.logs()
+    );
+    assert!(next.exited().is_none(), "{}", next.logs());
+    assert_eq!(readyz(&s, s.https.port()).unwrap(), 200);
+}

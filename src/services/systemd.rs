@@ -89,13 +89,31 @@ fn all_listening(addrs: &[SocketAddr]) -> bool {
 /// The TCP addresses listening in this network namespace now, by any
 /// process.
 pub fn listening_now() -> Vec<SocketAddr> {
+    listening_sockets(&tcp_tables())
+}
+
+/// The socket inodes of the TCP listeners on `addrs` in this network
+/// namespace (field 10 of the tables' lines).
+pub fn listening_inodes(addrs: &[SocketAddr]) -> Vec<u64> {
+    tcp_tables()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let addr = parse_address(fields.get(1)?)?;
+            let listening = fields.get(3) == Some(&"0A") && addrs.contains(&addr);
+            listening.then(|| fields.get(9)?.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+fn tcp_tables() -> String {
     let mut tables = String::new();
     for file in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(file) {
             tables.push_str(&text);
         }
     }
-    listening_sockets(&tables)
+    tables
 }
 
 /// The local addresses of the sockets in the LISTEN state in the text of

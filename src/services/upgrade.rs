@@ -14,6 +14,7 @@
 //! keeps the new process inside the service's cgroup and sandbox, where
 //! `systemctl kill` and `MAINPID=` can reach it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -173,6 +174,48 @@ fn listening_at(table: &str, path: &Path) -> bool {
     table
         .lines()
         .any(|line| line.split_whitespace().nth(3) == Some("00010000") && line.ends_with(&suffix))
+}
+
+/// Sends SIGQUIT to every other process that holds a listening socket on
+/// one of `addrs` (the running instance; the one still draining from an
+/// earlier upgrade, if any, ignores it), so that `run --upgrade` alone is
+/// an upgrade. An operator's own SIGQUIT afterwards changes nothing.
+/// Returns the process ids signalled. Only processes whose descriptors
+/// this one may read (the same user, as under the unit) are found.
+pub fn ask_holders_to_hand_over(addrs: &[SocketAddr]) -> Vec<u32> {
+    let inodes = crate::services::systemd::listening_inodes(addrs);
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let me = std::process::id();
+    let mut asked = Vec::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return asked;
+    };
+    for pid in processes
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        if pid != me && holds(pid, &wanted) {
+            match nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            ) {
+                Ok(()) => asked.push(pid),
+                Err(e) => log::warn!("upgrade: cannot signal process {pid}: {e}"),
+            }
+        }
+    }
+    asked
+}
+
+/// Whether one of process `pid`'s descriptors is one of `sockets`.
+fn holds(pid: u32, sockets: &[String]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
 }
 
 /// Checks, before a new instance asks for the sockets, that it can bind
