@@ -231,7 +231,7 @@ fn note_restart_only_changes(old: &Config, new: &Config) {
     let changed = restart_only_changes(old, new);
     if !changed.is_empty() {
         log::warn!(
-            "{}: changes to {} take effect on upgrade, which drops no connection: `{UPGRADE_COMMAND}` under systemd, else SIGUSR2 to this process (or `visitord run --upgrade --config {}` beside it, then SIGQUIT to it); everything else is live",
+            "{}: changes to {} take effect on upgrade, which drops no connection: `{UPGRADE_COMMAND}` under systemd, else SIGUSR2 to this process or `visitord run --upgrade --config {}` as its user; everything else is live",
             new.file.display(),
             changed.join(", "),
             new.file.display(),
