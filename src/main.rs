@@ -48,8 +48,19 @@ struct ConfigArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve until SIGTERM (graceful) or SIGINT (immediate).
-    Run(ConfigArg),
+    /// Serve until SIGTERM (graceful) or SIGINT (immediate). SIGHUP reloads
+    /// the files; SIGUSR2 starts a new instance (`run --upgrade`) from the
+    /// same executable path and hands the listening sockets over to it.
+    Run {
+        /// Take over the listening sockets of the instance running on this
+        /// configuration (over `server.upgrade_socket`) instead of binding
+        /// them: everything is loaded and checked first; the running
+        /// instance hands over on SIGQUIT, then drains and exits.
+        #[arg(long)]
+        upgrade: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Load and validate everything `run` would (config, projects,
     /// certificates, databases, user-agent rules) and exit 0 if it is sound.
     Check(ConfigArg),
@@ -104,7 +115,10 @@ fn main() -> ExitCode {
 
     let Cli { command } = Cli::parse();
     let result = match command {
-        Command::Run(ConfigArg { config }) => run(config),
+        Command::Run {
+            upgrade,
+            config: ConfigArg { config },
+        } => run(config, upgrade),
         Command::Check(ConfigArg { config }) => check(config),
         Command::Lookup {
             ip,
@@ -152,9 +166,13 @@ fn install_abort_on_panic() {
     }));
 }
 
-fn run(config: PathBuf) -> anyhow::Result<()> {
+fn run(config: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     let snapshot = Snapshot::load(&config, 1)?;
-    server::run(snapshot)?;
+    let sockets = match upgrade {
+        true => server::Sockets::TakeOver,
+        false => server::Sockets::Bind,
+    };
+    server::run(snapshot, sockets)?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::{http_proxy, HttpProxy};
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
@@ -26,6 +26,7 @@ use crate::proxy::Visitord;
 use crate::services::acme::AcmeService;
 use crate::services::health_checks::HealthChecks;
 use crate::services::store_sync::StoreSync;
+use crate::services::upgrade::Signals;
 use crate::services::{CertResolver, MetricsApp};
 use crate::snapshot::{Shared, Snapshot};
 
@@ -39,6 +40,15 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{file}: server.upgrade_socket: cannot listen on {}: {source}", path.display())]
+    UpgradeSocket {
+        file: std::path::PathBuf,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: nothing to take over: no process listens on the configured addresses (start with `visitord run`)")]
+    NothingToTakeOver { file: std::path::PathBuf },
     #[error(transparent)]
     Reload(#[from] crate::services::reload::ReloadError),
     #[error("TLS listener setup: {0}")]
@@ -77,35 +87,133 @@ pub fn check_listeners(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Builds every service over `snapshot` and runs until SIGTERM/SIGINT.
-pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
+/// How a starting instance comes by its listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sockets {
+    /// Binds every address itself (`visitord run`).
+    Bind,
+    /// Takes them over from the instance running on the same configuration
+    /// (`visitord run --upgrade`); binds only the addresses it adds.
+    TakeOver,
+}
+
+/// In an upgrade, everything that can fail is checked before the running
+/// instance is asked for its sockets, since it stops accepting once it has
+/// handed them over: the upgrade socket can be bound, something holds the
+/// configured addresses (else there is nothing to take over), and every
+/// address no process listens on yet (a listener added) can be bound.
+fn check_take_over(config: &Config) -> Result<(), ServerError> {
+    let socket = &config.server.upgrade_socket;
+    crate::services::upgrade::check_upgrade_socket(socket).map_err(|source| {
+        ServerError::UpgradeSocket {
+            file: config.file.clone(),
+            path: socket.clone(),
+            source,
+        }
+    })?;
+    let held = crate::services::systemd::listening_now();
+    let addresses = listen_addresses(config);
+    if !addresses.iter().any(|(_, a)| held.contains(a)) {
+        return Err(ServerError::NothingToTakeOver {
+            file: config.file.clone(),
+        });
+    }
+    for (key, addr) in addresses.into_iter().filter(|(_, a)| !held.contains(a)) {
+        TcpListener::bind(addr).map_err(|source| ServerError::Bind {
+            file: config.file.clone(),
+            key,
+            addr,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Builds every service over `snapshot` and runs until SIGTERM/SIGINT, or
+/// until it has handed its sockets to a new instance (SIGQUIT, SIGUSR2).
+pub fn run(snapshot: Snapshot, sockets: Sockets) -> Result<(), ServerError> {
     let config = snapshot.config.clone();
-    check_listeners(&config)?;
+    match sockets {
+        Sockets::Bind => check_listeners(&config)?,
+        Sockets::TakeOver => check_take_over(&config)?,
+    }
     crate::snapshot::publish::publish_metrics(&snapshot);
-    let started = SystemTime::now();
     let history = Arc::new(ReloadHistory::new());
     history.push(ReloadRecord {
         at: snapshot.loaded_at,
-        trigger: "start",
+        trigger: if sockets == Sockets::TakeOver {
+            "upgrade"
+        } else {
+            "start"
+        },
         generation: snapshot.generation,
         refused: None,
     });
     let shared: Shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let opt = (sockets == Sockets::TakeOver).then(|| Opt {
+        upgrade: true,
+        ..Opt::default()
+    });
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    let registry = add_services(&mut server, &shared, &history, &config)?;
 
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    // The state folders exist before the watcher looks for them.
+    crate::services::acme::prepare(&shared)?;
+    crate::services::reload::spawn(config.file.clone(), shared.clone(), history)?;
+
+    if sockets == Sockets::TakeOver {
+        ask_to_hand_over(&config);
+    }
+    // Receives the sockets in an upgrade (Pingora exits 1, saying why, if
+    // none come); nothing that can fail comes after this.
     server.bootstrap();
+    announce(&config, &shared, sockets);
+    exit_when_drained(server.watch_execution_phase(), registry);
+    let signals = Signals::new(config.server.upgrade_socket.clone(), config.file.clone());
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    Ok(())
+}
+
+/// Tells the running instance (SIGQUIT) to hand its sockets over once this
+/// one listens on the upgrade socket, which it does right after this.
+fn ask_to_hand_over(config: &Config) {
+    let addrs: Vec<SocketAddr> = listen_addresses(config)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    let asked = crate::services::upgrade::ask_holders_to_hand_over(&addrs);
+    let who = match asked.as_slice() {
+        [] => "SIGQUIT it yourself: its process was not found".to_owned(),
+        pids => format!("sent SIGQUIT to process {pids:?}"),
+    };
+    log::info!(
+        "upgrade: waiting on {} for the running instance's listening sockets ({who})",
+        config.server.upgrade_socket.display()
+    );
+}
+
+/// Every listener, the metrics listener and the background services;
+/// returns the connection registry the drain watches.
+fn add_services(
+    server: &mut Server,
+    shared: &Shared,
+    history: &Arc<ReloadHistory>,
+    config: &Config,
+) -> Result<Arc<Registry>, ServerError> {
     // One set of counters for every listener and every snapshot.
     let parts = Parts {
         shared: shared.clone(),
         limiter: Arc::new(Limiter::new()),
-        registry: Arc::new(Registry::new(default_max_connections(&config))),
+        registry: Arc::new(Registry::new(default_max_connections(config))),
         conf: server.configuration.clone(),
-        config: &config,
+        config,
     };
-    add_https_services(&mut server, &parts)?;
-    add_redirect_services(&mut server, &parts);
+    add_https_services(server, &parts)?;
+    add_redirect_services(server, &parts);
     if let Some(m) = &config.metrics {
-        let app = MetricsApp::new(shared.clone(), history.clone(), started, m.addr);
+        let app = MetricsApp::new(shared.clone(), history.clone(), SystemTime::now(), m.addr);
         let app = HttpServer::new_app(KeepAliveBound::new(app, shared.clone()));
         // Capped and timed like every listener; peers outside
         // `metrics.allow` are closed before a byte is read.
@@ -116,28 +224,31 @@ pub fn run(snapshot: Snapshot) -> Result<(), ServerError> {
         service.add_tcp(&m.addr.to_string());
         server.add_service(service);
     }
-    add_background_services(&mut server, &parts);
+    add_background_services(server, &parts);
+    Ok(parts.registry)
+}
 
-    // The state folders exist before the watcher looks for them.
-    crate::services::acme::prepare(&shared)?;
-    crate::services::reload::spawn(config.file.clone(), shared.clone(), history)?;
-
+/// The start line in the log, and readiness to systemd once every listener
+/// is there (with `MAINPID=` after a take-over).
+fn announce(config: &Config, shared: &Shared, sockets: Sockets) {
     let serving = format!(
         "serving generation {} on {} listener(s)",
         shared.load().generation,
         config.listeners.len()
     );
-    log::info!("visitord {} {serving}", env!("CARGO_PKG_VERSION"));
+    let how = match sockets {
+        Sockets::Bind => "",
+        Sockets::TakeOver => " (took over the listening sockets)",
+    };
+    log::info!("visitord {} {serving}{how}", env!("CARGO_PKG_VERSION"));
     crate::services::systemd::notify_ready_when_listening(
-        listen_addresses(&config)
+        listen_addresses(config)
             .into_iter()
             .map(|(_, a)| a)
             .collect(),
         serving,
+        sockets == Sockets::TakeOver,
     );
-    exit_when_drained(server.watch_execution_phase(), parts.registry.clone());
-    server.run(pingora::server::RunArgs::default());
-    Ok(())
 }
 
 /// What the services share: the snapshot holder, the counters (one set for
@@ -180,6 +291,7 @@ fn server_conf(config: &Config) -> ServerConf {
     let grace = config.server.grace_period.as_secs();
     conf.grace_period_seconds = Some(grace.saturating_sub(1));
     conf.graceful_shutdown_timeout_seconds = Some(grace.min(1));
+    conf.upgrade_sock = config.server.upgrade_socket.to_string_lossy().into_owned();
     conf
 }
 
@@ -269,11 +381,14 @@ fn add_background_services(server: &mut Server, parts: &Parts<'_>) {
 /// its TLS handshake is done.
 const DRAIN_SETTLE: Duration = Duration::from_secs(1);
 
-/// After SIGTERM, Pingora stops accepting, closes idle keep-alive
-/// connections and lets running requests finish, then sleeps the whole
-/// grace period whether or not anything is left. This ends the process as
-/// soon as every connection has closed (and stayed so for
-/// [`DRAIN_SETTLE`]), as nginx does; the grace period stays the upper bound.
+/// After SIGTERM, and after a hand-over to a new instance (SIGQUIT or
+/// SIGUSR2: Pingora sends the sockets, keeps accepting for 5 s while the
+/// new instance starts its listeners, then shuts down), Pingora stops
+/// accepting, closes idle keep-alive connections and lets running requests
+/// finish, then sleeps the whole grace period whether or not anything is
+/// left. This ends the process as soon as every connection has closed (and
+/// stayed so for [`DRAIN_SETTLE`]), as nginx does; the grace period stays
+/// the upper bound.
 fn exit_when_drained(
     mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
     registry: Arc<Registry>,
@@ -284,7 +399,9 @@ fn exit_when_drained(
         .spawn(move || {
             loop {
                 match phases.blocking_recv() {
-                    Ok(ExecutionPhase::GracefulTerminate) => break,
+                    Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
+                        break
+                    }
                     Ok(_) | Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => return,
                 }

@@ -352,19 +352,26 @@ fn trusted_proxies_and_the_api_path_reload_live() {
         s.logs()
     );
     assert_eq!(ip(&s, "/api/").0, 404);
-    assert!(!s.logs().contains("take effect on restart"), "{}", s.logs());
+    assert!(!s.logs().contains("take effect on upgrade"), "{}", s.logs());
 }
 
 #[test]
-fn listener_changes_are_logged_as_taking_effect_on_restart() {
+fn listener_changes_are_logged_as_taking_effect_on_upgrade() {
     let s = Server::start();
     let config = std::fs::read_to_string(&s.config).unwrap();
     let changed = config.replace("threads = 2", "threads = 3");
     replace(&s.config, changed.as_bytes());
     assert!(eventually(Duration::from_secs(5), || s
         .logs()
-        .contains("take effect on restart")));
+        .contains("take effect on upgrade")));
     assert!(s.logs().contains("server.threads"), "{}", s.logs());
+    // The line names the command.
+    assert!(
+        s.logs()
+            .contains("systemctl kill --signal=SIGUSR2 --kill-whom=main visitord"),
+        "{}",
+        s.logs()
+    );
 }
 
 /// The headline promise: replace the database and the projects 20 times

@@ -110,6 +110,9 @@ pub struct SharedStore {
 pub struct Server {
     pub threads: usize,
     pub grace_period: Duration,
+    /// The Unix socket over which `run --upgrade` takes the listening
+    /// sockets of the instance running on this configuration; absolute.
+    pub upgrade_socket: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +198,7 @@ impl Config {
         let base = file.parent().unwrap_or_else(|| Path::new(""));
         let resolve = |p: &Path| base.join(p);
 
-        let server = server(file, &raw.server)?;
+        let server = server(file, raw.server)?;
         let listeners = listeners(file, &raw.listen)?;
         let tls = tls(file, raw.tls, &listeners, &resolve, raw.acme.is_some())?;
         let api = Api {
@@ -257,27 +260,6 @@ impl Config {
         files.extend(self.signing.iter().flat_map(|s| s.keys.iter().cloned()));
         files
     }
-}
-
-fn server(file: &Path, raw: &RawServer) -> Result<Server, ConfigError> {
-    if raw.threads == 0 || raw.threads > 1024 {
-        return Err(ConfigError::invalid(
-            file,
-            "server.threads",
-            format!("{} is out of range 1..=1024", raw.threads),
-        ));
-    }
-    if raw.grace_period > Duration::from_secs(3600) {
-        return Err(ConfigError::invalid(
-            file,
-            "server.grace_period",
-            "longer than 1h",
-        ));
-    }
-    Ok(Server {
-        threads: raw.threads,
-        grace_period: raw.grace_period,
-    })
 }
 
 /// `[tls]`, required when a listener terminates TLS unless `[acme]` can
@@ -588,6 +570,73 @@ fn shared_store(
     }))
 }
 
+/// `[server]`.
+fn server(file: &Path, raw: raw::RawServer) -> Result<Server, ConfigError> {
+    if raw.threads == 0 || raw.threads > 1024 {
+        return Err(ConfigError::invalid(
+            file,
+            "server.threads",
+            format!("{} is out of range 1..=1024", raw.threads),
+        ));
+    }
+    if raw.grace_period > Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            file,
+            "server.grace_period",
+            "longer than 1h",
+        ));
+    }
+    let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY");
+    Ok(Server {
+        threads: raw.threads,
+        grace_period: raw.grace_period,
+        upgrade_socket: upgrade_socket(file, raw.upgrade_socket.as_deref(), runtime_dir)?,
+    })
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes
+/// on Linux, with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `server.upgrade_socket`: a given path resolves from the config's folder.
+/// Unset: `upgrade.sock` in systemd's runtime directory
+/// (`RuntimeDirectory=`, passed as `$RUNTIME_DIRECTORY`), else beside the
+/// config file, so instances on different configurations (tests in
+/// temporary folders) never meet. Made absolute here, because the running
+/// instance recognises the new one by the exact path it bound.
+fn upgrade_socket(
+    file: &Path,
+    given: Option<&Path>,
+    runtime_dir: Option<std::ffi::OsString>,
+) -> Result<PathBuf, ConfigError> {
+    let key = "server.upgrade_socket";
+    let base = file.parent().unwrap_or_else(|| Path::new(""));
+    let path = match (given, runtime_dir) {
+        (Some(p), _) => base.join(p),
+        (None, Some(dirs)) => {
+            // Several directories are separated by colons; the first is ours.
+            let dirs = dirs.to_string_lossy().into_owned();
+            let first = dirs.split(':').next().unwrap_or_default().to_owned();
+            PathBuf::from(first).join("upgrade.sock")
+        }
+        (None, None) => base.join("upgrade.sock"),
+    };
+    let path = std::path::absolute(&path)
+        .map_err(|e| ConfigError::invalid(file, key, format!("{}: {e}", path.display())))?;
+    let length = path.as_os_str().len();
+    if length > MAX_SOCKET_PATH {
+        return Err(ConfigError::invalid(
+            file,
+            key,
+            format!(
+                "{}: {length} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path)
+}
+
 /// The `[[site]]`s of a minimal configuration with these tables (the
 /// text of each, without its `[[site]]` line), as other modules' tests
 /// build them. Paths resolve from `/etc/visitord`.
@@ -775,6 +824,32 @@ addr = "127.0.0.1:9180"
     fn bad_grace_period_names_key() {
         let e = error(&GOOD.replace("\"5s\"", "\"soon\""));
         assert!(e.contains("server.grace_period"), "{e}");
+    }
+
+    #[test]
+    fn upgrade_socket_defaults_and_resolves() {
+        let file = Path::new("/etc/visitord/visitord.toml");
+        let beside = upgrade_socket(file, None, None).unwrap();
+        assert_eq!(beside, Path::new("/etc/visitord/upgrade.sock"));
+        let runtime = upgrade_socket(file, None, Some("/run/visitord:/run/other".into())).unwrap();
+        assert_eq!(runtime, Path::new("/run/visitord/upgrade.sock"));
+        let given = upgrade_socket(file, Some(Path::new("x/u.sock")), Some("/run/v".into()));
+        assert_eq!(given.unwrap(), Path::new("/etc/visitord/x/u.sock"));
+        // A relative config file still gives an absolute socket path.
+        let relative = upgrade_socket(Path::new("conf/visitord.toml"), None, None).unwrap();
+        assert!(relative.is_absolute(), "{}", relative.display());
+        assert!(relative.ends_with("conf/upgrade.sock"));
+    }
+
+    #[test]
+    fn an_upgrade_socket_path_too_long_names_key() {
+        let long = format!("/{}/u.sock", "d".repeat(120));
+        let e = error(&GOOD.replace(
+            "grace_period = \"5s\"",
+            &format!("grace_period = \"5s\"\nupgrade_socket = {long:?}"),
+        ));
+        assert!(e.contains("server.upgrade_socket"), "{e}");
+        assert!(e.contains("at most 107"), "{e}");
     }
 
     #[test]

@@ -257,6 +257,10 @@ pub(super) struct RawServer {
     pub(super) threads: usize,
     #[serde(default = "default_grace_period", with = "humantime_serde")]
     pub(super) grace_period: Duration,
+    /// Where a new instance (`run --upgrade`) receives the listening
+    /// sockets; `None`: see `Config::parse`.
+    #[serde(default)]
+    pub(super) upgrade_socket: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -264,6 +268,7 @@ impl Default for RawServer {
         RawServer {
             threads: default_threads(),
             grace_period: default_grace_period(),
+            upgrade_socket: None,
         }
     }
 }

@@ -325,18 +325,29 @@ fn debounce(rx: &Receiver<Trigger>, first: Trigger) -> Trigger {
 }
 
 /// Listener addresses, thread counts, the metrics address and the HTTP
-/// server options are fixed at start; say so instead of silently ignoring
-/// an edit.
+/// server options are fixed at start; say so, and how to apply them
+/// without a restart, instead of silently ignoring an edit.
 fn note_restart_only_changes(old: &Config, new: &Config) {
     let changed = restart_only_changes(old, new);
     if !changed.is_empty() {
         log::warn!(
-            "{}: changes to {} take effect on restart; everything else is live",
+            "{}: changes to {} take effect on upgrade, which drops no connection: `{UPGRADE_COMMAND}` under systemd, else SIGUSR2 to this process or `visitord run --upgrade --config {}` as its user; everything else is live",
             new.file.display(),
-            changed.join(", ")
+            changed.join(", "),
+            new.file.display(),
+        );
+    }
+    if old.server.upgrade_socket != new.server.upgrade_socket {
+        log::warn!(
+            "{}: server.upgrade_socket takes effect on restart: this instance hands over only on {}",
+            new.file.display(),
+            old.server.upgrade_socket.display()
         );
     }
 }
+
+/// The one-line upgrade under the systemd unit (docs/operations.md).
+pub const UPGRADE_COMMAND: &str = "systemctl kill --signal=SIGUSR2 --kill-whom=main visitord";
 
 /// The settings that differ between `old` and `new` and are read only at
 /// start, by their config names.

@@ -28,8 +28,11 @@ fn wanted() -> bool {
 
 /// Sends `READY=1` with `status` once every address in `addrs` is
 /// listening, from a thread of its own. A no-op when not under
-/// `Type=notify`.
-pub fn notify_ready_when_listening(addrs: Vec<SocketAddr>, status: String) {
+/// `Type=notify`. `take_over`: this process took the sockets of the
+/// service's main process (`run --upgrade`), so it also says `MAINPID=`
+/// with its own id: systemd then follows it, and the old process's exit
+/// does not end the service (the unit's `NotifyAccess=all` lets it speak).
+pub fn notify_ready_when_listening(addrs: Vec<SocketAddr>, status: String, take_over: bool) {
     if !wanted() {
         return;
     }
@@ -48,12 +51,21 @@ pub fn notify_ready_when_listening(addrs: Vec<SocketAddr>, status: String) {
                 }
                 std::thread::sleep(POLL);
             }
-            send(&[NotifyState::Ready, NotifyState::Status(&line)]);
+            send(&ready(&line, take_over));
         });
     if let Err(e) = spawned {
         log::warn!("cannot start the readiness thread ({e}); telling systemd now");
-        send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        send(&ready(&status, take_over));
     }
+}
+
+fn ready(status: &str, take_over: bool) -> Vec<NotifyState<'_>> {
+    let mut states = Vec::with_capacity(3);
+    if take_over {
+        states.push(NotifyState::MainPid(std::process::id()));
+    }
+    states.extend([NotifyState::Ready, NotifyState::Status(status)]);
+    states
 }
 
 /// Updates the status line `systemctl status` shows.
@@ -70,14 +82,38 @@ fn send(states: &[NotifyState<'_>]) {
 }
 
 fn all_listening(addrs: &[SocketAddr]) -> bool {
+    let listening = listening_now();
+    addrs.iter().all(|a| listening.contains(a))
+}
+
+/// The TCP addresses listening in this network namespace now, by any
+/// process.
+pub fn listening_now() -> Vec<SocketAddr> {
+    listening_sockets(&tcp_tables())
+}
+
+/// The socket inodes of the TCP listeners on `addrs` in this network
+/// namespace (field 10 of the tables' lines).
+pub fn listening_inodes(addrs: &[SocketAddr]) -> Vec<u64> {
+    tcp_tables()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let addr = parse_address(fields.get(1)?)?;
+            let listening = fields.get(3) == Some(&"0A") && addrs.contains(&addr);
+            listening.then(|| fields.get(9)?.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+fn tcp_tables() -> String {
     let mut tables = String::new();
     for file in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(file) {
             tables.push_str(&text);
         }
     }
-    let listening = listening_sockets(&tables);
-    addrs.iter().all(|a| listening.contains(a))
+    tables
 }
 
 /// The local addresses of the sockets in the LISTEN state in the text of
