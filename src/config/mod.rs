@@ -33,9 +33,7 @@ use crate::limits::ClientPrefixes;
 use crate::net::client_ip::TrustedProxies;
 use crate::net::host::{normalize, Unicode};
 use crate::observe::metrics_access::{is_loopback, AllowList};
-use raw::{
-    parse_toml, read, RawConfig, RawGeo, RawLimits, RawListen, RawMetrics, RawServer, RawTls,
-};
+use raw::{parse_toml, read, RawConfig, RawGeo, RawLimits, RawListen, RawMetrics, RawTls};
 
 /// `visitord.toml`, validated, with every path resolved from the file's folder.
 #[derive(Debug, Clone, PartialEq)]
