@@ -1,7 +1,8 @@
 //! `visitord`: the command line. `run` serves, `check` validates exactly what
 //! `run` would load, `lookup` answers one address from the shell, `certs`
-//! lists the certificates served, `signing-key` makes a signing key and
-//! prints the public set.
+//! lists the certificates served, `dev-cert` makes a self-signed pair,
+//! `signing-key` makes a signing key and prints the public set, and the
+//! hidden `man` prints visitord(8) from these definitions.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -26,8 +27,15 @@ use visitord::server;
 #[derive(Debug, Parser)]
 #[command(
     name = "visitord",
-    version,
-    about = "A self-hosted VisitorAPI on Pingora"
+    // The package version and, when built from git, the commit (build.rs).
+    version = env!("VISITORD_VERSION"),
+    about = "A self-hosted VisitorAPI on Pingora",
+    long_about = "A self-hosted VisitorAPI on Pingora: a website's own frontend \
+        calls it to learn its visitor's IP address, country, region, city, \
+        currencies, languages and browser, as VisitorAPI's JSON. Only the \
+        origins listed for a project may call it. It terminates TLS itself, \
+        can stand in front of existing sites as their reverse proxy, reloads \
+        its files live, and stores and logs no visitor data."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -75,9 +83,23 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Create a self-signed development certificate for localhost at the
-    /// first [tls] certificate pair of the config, unless both files exist.
-    DevCert(ConfigArg),
+    /// Create a self-signed certificate (for localhost unless --name is
+    /// given) at the first [tls] certificate pair of the config, or at
+    /// --cert and --key, unless both files exist.
+    DevCert {
+        /// A name (DNS name or IP address) for the certificate; repeat for
+        /// more. Default: localhost, 127.0.0.1 and ::1.
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// Write the certificate here instead of the config's first pair.
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
+        /// Write the private key (mode 0600) here; with --cert.
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// List the certificates served (file pairs and ACME), their issuer,
     /// expiry and next renewal, and the names waiting for one.
     Certs {
@@ -93,6 +115,9 @@ enum Command {
         #[command(subcommand)]
         action: SigningKeyCommand,
     },
+    /// Print the manual page, visitord(8), in roff (for packaging).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,12 +150,18 @@ fn main() -> ExitCode {
             user_agent,
             config: ConfigArg { config },
         } => lookup(config, ip, user_agent.as_deref()),
-        Command::DevCert(ConfigArg { config }) => dev_cert(config),
+        Command::DevCert {
+            names,
+            cert,
+            key,
+            config: ConfigArg { config },
+        } => dev_cert(config, cert.zip(key), &names),
         Command::Certs {
             renew,
             config: ConfigArg { config },
         } => certs(config, renew.as_deref()),
         Command::SigningKey { action } => signing_key(action),
+        Command::Man => man::print(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -377,21 +408,187 @@ fn signing_key(action: SigningKeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dev_cert(config: PathBuf) -> anyhow::Result<()> {
-    let c = visitord::config::Config::load(&config)?;
-    let pair = c
-        .tls
-        .as_ref()
-        .and_then(|t| t.certificates.first())
-        .with_context(|| format!("{}: tls.certificates: none configured", config.display()))?;
-    if tls::ensure_dev_certificate(&pair.cert, &pair.key)? {
+/// The pair to write: `--cert`/`--key` when given, else the config's first.
+fn dev_cert(
+    config: PathBuf,
+    files: Option<(PathBuf, PathBuf)>,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let (cert, key) = match files {
+        Some(files) => files,
+        None => {
+            let c = visitord::config::Config::load(&config)?;
+            let pair = c
+                .tls
+                .as_ref()
+                .and_then(|t| t.certificates.first())
+                .with_context(|| {
+                    format!("{}: tls.certificates: none configured", config.display())
+                })?;
+            (pair.cert.clone(), pair.key.clone())
+        }
+    };
+    let written = if names.is_empty() {
+        tls::ensure_dev_certificate(&cert, &key)?
+    } else {
+        tls::ensure_self_signed_certificate(&cert, &key, names)?
+    };
+    if written {
+        let names = if names.is_empty() {
+            "localhost".to_owned()
+        } else {
+            names.join(", ")
+        };
         println!(
-            "wrote a self-signed certificate for localhost: {} and {}",
-            pair.cert.display(),
-            pair.key.display()
+            "wrote a self-signed certificate for {names}: {} and {}",
+            cert.display(),
+            key.display()
         );
     } else {
-        println!("{} exists; left as is", pair.cert.display());
+        println!("{} exists; left as is", cert.display());
     }
     Ok(())
+}
+
+/// visitord(8): clap_mangen's sections for the command and each of its
+/// subcommands, then what an operator looks up in a manual page (files,
+/// signals, environment, exit status). One page for every subcommand, as
+/// Debian's nginx(8) or haproxy(1).
+mod man {
+    use std::io::Write;
+
+    use clap::CommandFactory;
+    use clap_mangen::roff::{bold, roman, Roff};
+    use clap_mangen::Man;
+
+    pub fn print() -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        render(&mut out)?;
+        out.flush()?;
+        Ok(())
+    }
+
+    pub fn render(out: &mut dyn Write) -> std::io::Result<()> {
+        let mut cmd = super::Cli::command().disable_help_subcommand(true);
+        cmd.build();
+        let man = Man::new(cmd.clone())
+            .title("VISITORD")
+            .section("8")
+            .manual("System Administration")
+            .source(format!("visitord {}", env!("CARGO_PKG_VERSION")));
+        man.render_title(out)?;
+        man.render_name_section(out)?;
+        man.render_synopsis_section(out)?;
+        man.render_description_section(out)?;
+        man.render_options_section(out)?;
+        Roff::new().control("SH", ["COMMANDS"]).to_writer(out)?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            subcommand(out, sub)?;
+        }
+        let mut roff = Roff::new();
+        roff.control("SH", ["FILES"]);
+        definitions(&mut roff, FILES);
+        roff.control("SH", ["SIGNALS"]);
+        definitions(&mut roff, SIGNALS);
+        roff.control("SH", ["ENVIRONMENT"]);
+        definitions(&mut roff, ENVIRONMENT);
+        roff.control("SH", ["EXIT STATUS"])
+            .text([roman(EXIT_STATUS)])
+            .control("SH", ["SEE ALSO"])
+            .text([roman(SEE_ALSO)]);
+        roff.to_writer(out)
+    }
+
+    /// `visitord NAME` as a subsection: its synopsis, description and
+    /// options, without clap_mangen's section headings.
+    fn subcommand(out: &mut dyn Write, sub: &clap::Command) -> std::io::Result<()> {
+        let name = format!("visitord {}", sub.get_name());
+        Roff::new().control("SS", [name.as_str()]).to_writer(out)?;
+        let man = Man::new(sub.clone().bin_name(&name));
+        for render in [
+            Man::render_synopsis_section,
+            Man::render_description_section,
+            Man::render_options_section,
+        ] {
+            let mut section = Vec::new();
+            render(&man, &mut section)?;
+            let text = String::from_utf8_lossy(&section);
+            for line in text.lines().filter(|l| !l.starts_with(".SH ")) {
+                writeln!(out, "{line}")?;
+            }
+            Roff::new().control("PP", []).to_writer(out)?;
+        }
+        Ok(())
+    }
+
+    /// Tagged paragraphs: a term in bold, then its text.
+    fn definitions(roff: &mut Roff, items: &[(&str, &str)]) {
+        for (term, text) in items {
+            roff.control("TP", [])
+                .text([bold(*term)])
+                .text([roman(*text)]);
+        }
+    }
+
+    const FILES: &[(&str, &str)] = &[
+        (
+            "/etc/visitord/visitord.toml",
+            "The configuration: listeners, certificates, databases, limits, sites. \
+             Relative paths in it resolve from its folder.",
+        ),
+        (
+            "/etc/visitord/projects.toml",
+            "The projects that may call the API and the origins each allows. \
+             As installed it lists none, so the API answers no origin.",
+        ),
+        (
+            "/etc/visitord/tls/",
+            "The self-signed certificate the package makes for this machine's \
+             name until a real one is configured.",
+        ),
+        (
+            "/usr/share/visitord/",
+            "The shipped country database (geo-db/) and user-agent rules (uap-core/).",
+        ),
+        (
+            "/var/lib/visitord/",
+            "State: city databases (geo-db/) and, with [acme], the ACME account \
+             and certificates (acme/). No visitor data.",
+        ),
+    ];
+
+    const SIGNALS: &[(&str, &str)] = &[
+        (
+            "SIGHUP",
+            "Reload the configuration, projects, databases and certificates \
+             without dropping connections; a refused reload keeps the old state.",
+        ),
+        (
+            "SIGTERM",
+            "Stop accepting, let running requests finish, exit when no connection \
+             is left or server.grace_period has passed.",
+        ),
+        ("SIGINT", "Exit at once."),
+    ];
+
+    const ENVIRONMENT: &[(&str, &str)] = &[
+        (
+            "VISITORD_CONFIG",
+            "The configuration file when --config is not given.",
+        ),
+        (
+            "RUST_LOG",
+            "The log level (default info). No log line carries a client address.",
+        ),
+        (
+            "NOTIFY_SOCKET",
+            "Set by systemd; visitord reports readiness and reloads there.",
+        ),
+    ];
+
+    const EXIT_STATUS: &str = "0 on success; 1 when the configuration, a file it names, \
+        or a listener is refused, with the file, key and reason on standard error.";
+
+    const SEE_ALSO: &str = "systemctl(1), systemd.exec(5); \
+        /usr/share/doc/visitord/README.md, SECURITY.md and PRIVACY.md.";
 }

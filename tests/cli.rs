@@ -1,4 +1,5 @@
-//! `visitord check`, `lookup`, `dev-cert`, `--version`, and start-up refusals.
+//! `visitord check`, `lookup`, `dev-cert`, `man`, `--version`, the packaged
+//! configuration, and start-up refusals.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,14 +18,153 @@ fn prepared(o: &Options) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, config)
 }
 
+/// The version, and in a build from git the commit it was built from.
 #[test]
 fn version_is_printed() {
     let (ok, out, _) = run_cli(&["--version"]);
     assert!(ok);
-    assert_eq!(
-        out.trim(),
-        format!("visitord {}", env!("CARGO_PKG_VERSION"))
+    let version = env!("CARGO_PKG_VERSION");
+    let expected = match option_env!("VISITORD_COMMIT") {
+        Some(commit) => format!("visitord {version} (commit {commit})"),
+        None => format!("visitord {version}"),
+    };
+    assert_eq!(out.trim(), expected);
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=10", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|h| h.status.success());
+    if let Some(head) = head {
+        let head = String::from_utf8_lossy(&head.stdout);
+        assert_eq!(option_env!("VISITORD_COMMIT"), Some(head.trim()));
+    }
+}
+
+/// The version `--version` prints is the one both changelogs name.
+#[test]
+fn changelogs_name_this_version() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let version = env!("CARGO_PKG_VERSION");
+    let changelog = std::fs::read_to_string(format!("{root}/CHANGELOG.md")).unwrap();
+    assert!(
+        changelog.contains(&format!("\n## [{version}] - ")),
+        "CHANGELOG.md has no section for {version}"
     );
+    let debian = std::fs::read_to_string(format!("{root}/debian/changelog")).unwrap();
+    assert!(
+        debian.starts_with(&format!("visitord ({version}-")),
+        "debian/changelog: {}",
+        debian.lines().next().unwrap_or("")
+    );
+}
+
+/// visitord(8) has a subsection, with its options, for every subcommand
+/// `--help` lists, and the page's own sections.
+#[test]
+fn man_page_describes_every_subcommand() {
+    let (ok, help, _) = run_cli(&["--help"]);
+    assert!(ok);
+    let subcommands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .collect();
+    assert!(
+        subcommands.contains(&"run") && subcommands.contains(&"dev-cert"),
+        "{help}"
+    );
+    assert!(!subcommands.contains(&"man"), "man is hidden: {help}");
+    let (ok, page, err) = run_cli(&["man"]);
+    assert!(ok, "{err}");
+    assert!(
+        page.lines().any(|l| l.starts_with(".TH VISITORD 8 ")),
+        "{page}"
+    );
+    for name in &subcommands {
+        assert!(
+            page.lines()
+                .any(|l| l.starts_with(".SS") && l.ends_with(&format!("visitord {name}\""))),
+            "no subsection for {name}:\n{page}"
+        );
+    }
+    for text in [
+        "\\-\\-config",
+        "\\-\\-renew",
+        "\\-\\-user\\-agent",
+        "\\-\\-name",
+        "VISITORD_CONFIG",
+    ] {
+        assert!(page.contains(text), "{text} missing:\n{page}");
+    }
+    for section in [
+        "SYNOPSIS",
+        "COMMANDS",
+        "FILES",
+        "SIGNALS",
+        "ENVIRONMENT",
+        "EXIT STATUS",
+    ] {
+        assert!(
+            page.lines()
+                .any(|l| l.starts_with(".SH") && l.contains(section)),
+            "{section}"
+        );
+    }
+}
+
+/// The configuration the Debian package installs passes `check` as it
+/// stands (its /usr/share paths pointed at this tree): two listeners, the
+/// self-signed pair the package makes, and no project.
+#[test]
+fn check_accepts_the_packaged_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let toml = std::fs::read_to_string(format!("{root}/debian/visitord.toml"))
+        .unwrap()
+        .replace("/usr/share/visitord/geo-db/", &format!("{root}/geo-db/"))
+        .replace(
+            "/usr/share/visitord/uap-core/",
+            &format!("{root}/conf/uap-core/"),
+        );
+    assert!(!toml.contains("/usr/share/visitord"), "{toml}");
+    let config = dir.path().join("visitord.toml");
+    std::fs::write(&config, toml).unwrap();
+    std::fs::copy(
+        format!("{root}/debian/projects.toml"),
+        dir.path().join("projects.toml"),
+    )
+    .unwrap();
+    let tls = dir.path().join("tls");
+    let (cert, key) = (tls.join("selfsigned.crt"), tls.join("selfsigned.key"));
+    let (ok, out, err) = run_cli(&[
+        "dev-cert",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--name",
+        "visitor.example.com",
+        "--name",
+        "localhost",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("for visitor.example.com, localhost"), "{out}");
+    let (ok, out, err) = run_cli(&["check", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ok: 2 listener(s), 0 project(s), 1 database(s), 1 certificate(s), 0 site(s)"),
+        "{out}"
+    );
+    // --cert without --key is refused by the command line.
+    let (ok, _, err) = run_cli(&["dev-cert", "--cert", cert.to_str().unwrap()]);
+    assert!(!ok && err.contains("--key"), "{err}");
 }
 
 #[test]

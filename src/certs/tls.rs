@@ -29,7 +29,7 @@ pub enum TlsError {
     },
     #[error("{file}: {reason}")]
     Invalid { file: PathBuf, reason: String },
-    #[error("{dir}: cannot write the development certificate: {reason}")]
+    #[error("{dir}: cannot write the self-signed certificate: {reason}")]
     DevCert { dir: PathBuf, reason: String },
 }
 
@@ -356,6 +356,20 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
 /// quick start uses it so that no private key is ever committed.
 /// Returns whether files were written.
 pub fn ensure_dev_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError> {
+    let names = ["localhost", "127.0.0.1", "::1"].map(str::to_owned);
+    ensure_self_signed_certificate(cert, key, &names)
+}
+
+/// Writes a self-signed certificate for `names` (DNS names or IP addresses)
+/// to `cert`/`key` unless both already exist, as Debian's snakeoil pair: the
+/// package makes one for the machine's name so that an installed visitord
+/// serves HTTPS before the operator configures a real certificate. The key
+/// is written with mode 0600. Returns whether files were written.
+pub fn ensure_self_signed_certificate(
+    cert: &Path,
+    key: &Path,
+    names: &[String],
+) -> Result<bool, TlsError> {
     if cert.exists() && key.exists() {
         return Ok(false);
     }
@@ -367,13 +381,12 @@ pub fn ensure_dev_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError>
         dir: dir.clone(),
         reason,
     };
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| fail(e.to_string()))?;
+    let generated =
+        rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| fail(e.to_string()))?;
     std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    if let Some(key_dir) = key.parent() {
+        std::fs::create_dir_all(key_dir).map_err(|e| fail(e.to_string()))?;
+    }
     write_private(key, generated.signing_key.serialize_pem().as_bytes())
         .map_err(|e| fail(e.to_string()))?;
     std::fs::write(cert, generated.cert.pem()).map_err(|e| fail(e.to_string()))?;
@@ -581,5 +594,16 @@ mod tests {
         let certs = Certificates::load(&[CertificateFiles { cert, key }]).unwrap();
         let names = &certs.iter().next().unwrap().names;
         assert_eq!(names, &["localhost", "127.0.0.1", "::1"]);
+    }
+
+    #[test]
+    fn self_signed_certificate_names_the_given_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("tls/host.crt");
+        let key = dir.path().join("private/host.key");
+        let names = ["visitor.example.com", "visitor", "192.0.2.7"].map(str::to_owned);
+        assert!(ensure_self_signed_certificate(&cert, &key, &names).unwrap());
+        let certs = Certificates::load(&[CertificateFiles { cert, key }]).unwrap();
+        assert_eq!(certs.iter().next().unwrap().names, names);
     }
 }

@@ -173,6 +173,20 @@ domains = ["shop.example.org"]
         assert!(p.get("Demo").is_none());
     }
 
+    /// The packaged projects.toml is comments only: valid, and it allows no
+    /// origin until the operator writes a project.
+    #[test]
+    fn a_file_without_projects_is_valid_and_allows_no_one() {
+        let shipped = include_str!("../../debian/projects.toml");
+        assert!(shipped.contains("# [[project]]"), "a commented example");
+        for text in ["", shipped] {
+            let p = projects(text).unwrap();
+            assert!(p.is_empty());
+            assert!(p.get("www").is_none());
+            assert!(p.at(0).is_none());
+        }
+    }
+
     #[test]
     fn bad_project_id_is_refused() {
         for id in ["", "a b", "a/b", "é", &"x".repeat(65)] {
