@@ -536,7 +536,7 @@ fn the_documented_install_steps_pass_check() {
     let unit = std::fs::read_to_string(format!("{root_dir}/systemd/visitord.service")).unwrap();
     let from_unit: Vec<String> = unit
         .lines()
-        .skip_while(|l| *l != "# Install:")
+        .skip_while(|l| !l.starts_with("# Install:"))
         .skip(1)
         .map_while(|l| l.strip_prefix("#   "))
         .map(str::to_owned)
