@@ -146,6 +146,11 @@ impl<A> Guarded<A> {
                 return None;
             }
         }
+        // Pingora's `UniqueID::id()` of a stream is its socket's raw
+        // descriptor (pingora-core 0.9.1: `l4::stream`, and the TLS stream
+        // asks its L4 stream), the key the accept gate registered the
+        // handshake under; a descriptor is not reused while the gate's entry
+        // for it lives, since the socket is open until then.
         if accept::handshake_done(stream.id()) {
             return Some(None);
         }
