@@ -434,20 +434,25 @@ fn sse_streams_through_without_buffering() {
     assert_eq!(String::from_utf8_lossy(&got), "data: one\n\ndata: two\n\n");
 }
 
-/// One WebSocket session through visitord: the upgrade, three frames
-/// echoed, the close. `Err` when visitord closed the connection early.
+/// One WebSocket session through visitord: the upgrade, the upstream's
+/// greeting, three frames echoed, the close. `Err` of kind `UnexpectedEof`
+/// when the connection ended after the `101` and before the first echo (the
+/// Pingora 0.9.1 teardown that docs/sites.md, "Known issues", describes);
+/// any other failure, or an end later in the session, panics.
 fn websocket_session(s: &Server) -> std::io::Result<()> {
-    let mut tls = tls_connect(s.https, &s.ca, SITE, b"")?;
+    let mut tls = tls_connect(s.https, &s.ca, SITE, b"").unwrap();
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     write!(
         tls,
         "GET /ws HTTP/1.1\r\nHost: {SITE}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )?;
-    tls.flush()?;
+    )
+    .unwrap();
+    tls.flush().unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte)?;
+        tls.read_exact(&mut byte)
+            .expect("the upgrade's response head");
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
@@ -463,38 +468,52 @@ fn websocket_session(s: &Server) -> std::io::Result<()> {
     let mut got = vec![0u8; greeting.len()];
     tls.read_exact(&mut got)?;
     assert_eq!(got, greeting, "the upstream speaks first");
-    for (opcode, payload) in [
+    let frames = [
         (1u8, &b"hello visitord"[..]),
         (2, &[0u8, 255, 7][..]),
         (1, &[b'x'; 300][..]),
-    ] {
-        tls.write_all(&frame(opcode, payload, Some([1, 2, 3, 4])))?;
-        tls.flush()?;
+    ];
+    for (n, (opcode, payload)) in frames.into_iter().enumerate() {
+        tls.write_all(&frame(opcode, payload, Some([1, 2, 3, 4])))
+            .unwrap();
+        tls.flush().unwrap();
         let expected = frame(opcode, payload, None);
         let mut got = vec![0u8; expected.len()];
-        tls.read_exact(&mut got)?;
+        match tls.read_exact(&mut got) {
+            Err(e) if n == 0 => return Err(e),
+            result => result.unwrap_or_else(|e| panic!("echo {n}: {e}")),
+        }
         assert_eq!(got, expected);
     }
-    tls.write_all(&frame(8, b"", Some([9, 9, 9, 9])))?;
+    tls.write_all(&frame(8, b"", Some([9, 9, 9, 9]))).unwrap();
     let mut close = [0u8; 2];
-    tls.read_exact(&mut close)?;
+    tls.read_exact(&mut close).expect("the close frame");
     assert_eq!(close, [0x88, 0]);
     Ok(())
 }
 
-/// A WebSocket is proxied both ways, on the first try. Pingora 0.9.1
-/// sometimes closes an upgraded connection when the client's first frame
-/// follows the `101` within microseconds (a race in its proxy loop;
-/// docs/sites.md, "Known issues"); the upstream here speaks first and the
-/// client waits for it, which rules the race out, so a failure is a real
-/// one.
+/// A WebSocket is proxied both ways: upgrade, frames each way, close.
+/// Pingora 0.9.1 sometimes ends an upgraded connection right after the
+/// `101` when the upstream answers faster than the proxy hands the
+/// request's own empty body on (its issue #946; docs/sites.md, "Known
+/// issues") — a loopback upstream often does. A client reconnects then, as
+/// WebSocket clients do, and so does this test, a bounded number of times;
+/// a wrong byte, or a connection that ends once frames flow, fails it.
 #[test]
 fn websocket_echo_round_trip() {
     let up = Upstream::start("ws");
     let s = start(site(&[SITE], &[&up], ""));
-    for round in 0..3 {
-        websocket_session(&s).unwrap_or_else(|e| panic!("session {round}: {e}"));
+    let mut torn_down = 0;
+    for session in 0..3 {
+        let mut tries = 0;
+        while let Err(e) = websocket_session(&s) {
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+            tries += 1;
+            assert!(tries < 20, "session {session}: torn down {tries} times");
+        }
+        torn_down += tries;
     }
+    eprintln!("3 sessions completed; {torn_down} connection(s) torn down after the 101");
 }
 
 #[test]
