@@ -169,24 +169,11 @@ impl ProxyHttp for Visitord {
         up: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(r) = ctx.site.as_ref().map(|r| &r.request) else {
-            return Ok(());
-        };
-        // Exactly one value of each header visitord sets reaches the
-        // upstream: ours (`forward`).
-        let stripped: Vec<HeaderName> = up
-            .headers
-            .keys()
-            .filter(|n| forward::strips(n.as_str(), r))
-            .cloned()
-            .collect();
-        for name in &stripped {
-            up.remove_header(name);
+        match ctx.site.as_ref().map(|r| &r.request) {
+            Some(r) if r.preserve_header_case => set_headers_keeping_case(up, r),
+            Some(r) => set_headers(up, r),
+            None => Ok(()),
         }
-        for (name, value) in forward::set_headers(r) {
-            up.insert_header(name, value.clone())?;
-        }
-        Ok(())
     }
 
     async fn response_filter(
@@ -495,6 +482,70 @@ async fn acme_challenge(snap: &Snapshot, path: &str) -> Answer {
     answer::acme_challenge(body)
 }
 
+/// A site request's upstream headers (`forward`): exactly one value of
+/// each header visitord sets reaches the upstream, ours. The request is
+/// rebuilt without Pingora's header-case map, so every name goes out
+/// lower-case (well-known ones title-cased by Pingora) and each header is
+/// one insert into one map, with a name made once; through Pingora's header
+/// API each is a parse of the name, an allocation and two inserts
+/// (docs/performance.md, "The header path").
+fn set_headers(up: &mut RequestHeader, r: &SiteRequest) -> Result<()> {
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let old = std::mem::replace(up, empty);
+    // The new request's target comes from its URI; an absolute-form one
+    // (kept verbatim by Pingora) is set again.
+    let verbatim = (old.raw_path() != uri_target(&old.uri)).then(|| old.raw_path().to_vec());
+    let end_stream = old.send_end_stream();
+    let mut parts = http::request::Parts::from(old);
+    let stripped: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| forward::strips(n.as_str(), r))
+        .cloned()
+        .collect();
+    for name in &stripped {
+        parts.headers.remove(name);
+    }
+    for (name, value) in forward::set_headers(r) {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    *up = RequestHeader::from(parts);
+    if let Some(target) = verbatim {
+        up.set_raw_path(&target)?;
+    }
+    if let Some(end_stream) = end_stream {
+        up.set_send_end_stream(end_stream);
+    }
+    Ok(())
+}
+
+/// `set_headers` for a site with `preserve_header_case`: the client's
+/// names keep their case through Pingora's header API.
+fn set_headers_keeping_case(up: &mut RequestHeader, r: &SiteRequest) -> Result<()> {
+    let stripped: Vec<HeaderName> = up
+        .headers
+        .keys()
+        .filter(|n| forward::strips(n.as_str(), r))
+        .cloned()
+        .collect();
+    for name in &stripped {
+        up.remove_header(name);
+    }
+    for (name, value) in forward::set_headers(r) {
+        up.insert_header(name.as_str(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// The target a request rebuilt from its URI alone would have (Pingora's
+/// `raw_path` when it kept no verbatim copy).
+fn uri_target(uri: &http::Uri) -> &[u8] {
+    uri.path_and_query()
+        .map(|p| p.as_str().as_bytes())
+        .or_else(|| uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default()
+}
+
 fn peer_ip(s: &Session) -> IpAddr {
     s.client_addr()
         .and_then(|a| a.as_inet())
@@ -509,8 +560,81 @@ fn reason_phrase(code: u16) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // STYLE: unwrap is allowed in tests
 mod tests {
     use super::*;
+    use http::HeaderValue;
+
+    fn site_request(preserve_header_case: bool) -> SiteRequest {
+        let mut visitor: [Option<HeaderValue>; crate::config::VisitorHeader::COUNT] =
+            Default::default();
+        visitor[0] = Some(HeaderValue::from_static("GB"));
+        SiteRequest {
+            index: 0,
+            visitor,
+            forwarded_for: HeaderValue::from_static("81.2.69.142, 127.0.0.1"),
+            peer_trusted: true,
+            forwarded_host: Some(HeaderValue::from_static("shop.example.com")),
+            real_ip: HeaderValue::from_static("81.2.69.142"),
+            pass_underscore_headers: false,
+            preserve_header_case,
+        }
+    }
+
+    /// What Pingora would write to the upstream for `target`, after the
+    /// site's headers are set.
+    fn upstream_head(target: &[u8], preserve_header_case: bool) -> String {
+        let mut up = RequestHeader::build("GET", target, None).unwrap();
+        up.insert_header("Host", "shop.example.com").unwrap();
+        up.insert_header("X-Custom-Thing", "1").unwrap();
+        up.insert_header("X-Forwarded-For", "6.6.6.6").unwrap();
+        up.insert_header("X-Visitor-Country", "ZZ").unwrap();
+        let r = site_request(preserve_header_case);
+        if preserve_header_case {
+            set_headers_keeping_case(&mut up, &r).unwrap();
+        } else {
+            set_headers(&mut up, &r).unwrap();
+        }
+        let mut wire = format!("{}\r\n", String::from_utf8_lossy(up.raw_path()));
+        let mut buf = bytes::BytesMut::new();
+        up.header_to_h1_wire(&mut buf);
+        wire.push_str(&String::from_utf8_lossy(&buf));
+        wire
+    }
+
+    #[test]
+    fn upstream_headers_are_set_once_with_or_without_case() {
+        for keep in [false, true] {
+            let head = upstream_head(b"/a?b=1", keep);
+            assert!(head.starts_with("/a?b=1\r\n"), "{head}");
+            for line in [
+                "Host: shop.example.com",
+                "x-visitor-country: GB",
+                "x-forwarded-for: 81.2.69.142, 127.0.0.1",
+                "x-real-ip: 81.2.69.142",
+                "x-forwarded-proto: https",
+                "x-forwarded-host: shop.example.com",
+            ] {
+                assert_eq!(head.matches(line).count(), 1, "{line} in {head}");
+            }
+            assert!(!head.contains("6.6.6.6") && !head.contains("ZZ"), "{head}");
+            let custom = if keep {
+                "X-Custom-Thing: 1"
+            } else {
+                "x-custom-thing: 1"
+            };
+            assert!(head.contains(custom), "{head}");
+        }
+    }
+
+    #[test]
+    fn a_verbatim_target_survives_the_rebuild() {
+        let head = upstream_head(b"http://shop.example.com/a?b=1", false);
+        assert!(
+            head.starts_with("http://shop.example.com/a?b=1\r\n"),
+            "{head}"
+        );
+    }
 
     #[test]
     fn site_failures_map_to_502_504_or_nothing() {

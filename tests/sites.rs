@@ -52,6 +52,79 @@ fn echo(r: &common::Reply) -> Echo {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
 }
 
+/// A plain upstream that answers each connection's first request with a
+/// fixed 200 and hands over the request head exactly as it arrived (the
+/// test upstreams built on hyper lower-case every name).
+fn raw_upstream() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return, // a health probe, or a client gone
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Header names reach the upstream lower-case by default (one map per
+/// request instead of two); `preserve_header_case` keeps the client's.
+/// Either way the values, the target and visitord's headers are the same.
+#[test]
+fn header_names_go_lower_case_unless_the_site_preserves_case() {
+    let (addr, heads) = raw_upstream();
+    let extra = format!(
+        "\n[[site]]\nhosts = [\"lower.example.com\"]\nupstreams = [\"{addr}\"]\n\
+         \n[[site]]\nhosts = [\"case.example.com\"]\nupstreams = [\"{addr}\"]\npreserve_header_case = true\n"
+    );
+    let s = start(extra);
+    let mut send = |host: &str| {
+        let mut tls = tls_connect(s.https, &s.ca, host, b"").unwrap();
+        let (status, _, body) = http_exchange(
+            &mut tls,
+            &format!(
+                "GET /p?q=1 HTTP/1.1\r\nHost: {host}\r\nX-Custom-Thing: Mixed Value\r\nX-Forwarded-For: 8.8.8.8\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+        heads.recv_timeout(Duration::from_secs(10)).unwrap()
+    };
+    let lower = send("lower.example.com");
+    let kept = send("case.example.com");
+    for head in [&lower, &kept] {
+        assert!(head.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nx-visitor-country: US\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nx-forwarded-for: 8.8.8.8, 127.0.0.1\r\n"),
+            "{head}"
+        );
+        assert_eq!(head.matches("x-forwarded-for").count(), 1, "{head}");
+    }
+    assert!(
+        lower.contains("\r\nx-custom-thing: Mixed Value\r\n"),
+        "{lower}"
+    );
+    assert!(
+        kept.contains("\r\nX-Custom-Thing: Mixed Value\r\n"),
+        "{kept}"
+    );
+}
+
 #[test]
 fn visitor_headers_forwarding_headers_host_path_and_query() {
     let up = Upstream::start("a");

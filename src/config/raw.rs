@@ -450,6 +450,8 @@ pub(super) struct RawSite {
     #[serde(default)]
     pub(super) pass_underscore_headers: bool,
     #[serde(default)]
+    pub(super) preserve_header_case: bool,
+    #[serde(default)]
     pub(super) visitor_headers: Option<Vec<String>>,
 }
 

@@ -230,6 +230,11 @@ pub struct SiteConfig {
     /// `underscores_in_headers`); look-alikes of visitord's own headers
     /// are dropped either way.
     pub pass_underscore_headers: bool,
+    /// Send the client's header names to the upstream in the case they
+    /// came in (`preserve_header_case`); by default they go lower-case, as
+    /// HTTP/2 writes them and RFC 9110 allows, which spares a second map
+    /// per request.
+    pub preserve_header_case: bool,
     /// The `X-Visitor-*` headers the upstream receives (`visitor_headers`;
     /// default all). Without one, and without a country rule, no request
     /// to the site is looked up.
@@ -315,6 +320,7 @@ fn parse_site(
             unknown: raw.unknown_country,
         },
         pass_underscore_headers: raw.pass_underscore_headers,
+        preserve_header_case: raw.preserve_header_case,
         visitor_headers,
     })
 }

@@ -3,7 +3,7 @@
 //! which of the client's it strips, and which it forwards. The proxy layer
 //! applies [`strips`] and [`set_headers`] and names no header itself.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::request::site::SiteRequest;
 use crate::visitor::{VISITOR_HEADERS, VISITOR_HEADER_PREFIX};
@@ -16,6 +16,11 @@ const FORWARDED_FOR: &str = "x-forwarded-for";
 const FORWARDED_PROTO: &str = "x-forwarded-proto";
 const FORWARDED_HOST: &str = "x-forwarded-host";
 const REAL_IP: &str = "x-real-ip";
+
+static FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(FORWARDED_FOR);
+static FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(FORWARDED_PROTO);
+static FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static(FORWARDED_HOST);
+static REAL_IP_NAME: HeaderName = HeaderName::from_static(REAL_IP);
 
 /// `X-Forwarded-Proto`: visitord serves sites over TLS only (the plain
 /// listener redirects).
@@ -75,20 +80,20 @@ pub fn strips(name: &str, r: &SiteRequest) -> bool {
 }
 
 /// Every header visitord sets on a site request, with its value: the
-/// `X-Visitor-*` headers the site takes, then the forwarding headers. Names
-/// are `&'static str` (Pingora keeps their case without copying them).
-pub fn set_headers(r: &SiteRequest) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
-    let names: &'static [http::HeaderName] = &*VISITOR_HEADERS;
+/// `X-Visitor-*` headers the site takes, then the forwarding headers. The
+/// names are built once, from static text, so a copy of one is free.
+pub fn set_headers(r: &SiteRequest) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+    let names: &'static [HeaderName] = &*VISITOR_HEADERS;
     let visitor = names
         .iter()
         .zip(&r.visitor)
-        .filter_map(|(name, value)| Some((name.as_str(), value.as_ref()?)));
+        .filter_map(|(name, value)| Some((name, value.as_ref()?)));
     let forwarded = [
-        Some((FORWARDED_FOR, &r.forwarded_for)),
-        Some((REAL_IP, &r.real_ip)),
-        Some((FORWARDED_PROTO, &PROTO_HTTPS)),
+        Some((&FORWARDED_FOR_NAME, &r.forwarded_for)),
+        Some((&REAL_IP_NAME, &r.real_ip)),
+        Some((&FORWARDED_PROTO_NAME, &PROTO_HTTPS)),
         // A client's own X-Forwarded-Host went with the stripped headers.
-        r.forwarded_host.as_ref().map(|h| (FORWARDED_HOST, h)),
+        r.forwarded_host.as_ref().map(|h| (&FORWARDED_HOST_NAME, h)),
     ];
     visitor.chain(forwarded.into_iter().flatten())
 }

@@ -30,6 +30,8 @@ pub struct SiteRequest {
     pub real_ip: HeaderValue,
     /// The site's `pass_underscore_headers`.
     pub pass_underscore_headers: bool,
+    /// The site's `preserve_header_case`.
+    pub preserve_header_case: bool,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,7 @@ pub fn decide(snap: &Snapshot, facts: &RequestFacts<'_>, index: usize) -> SiteDe
         forwarded_host: forwarded_host.map(|m| values.get(&m)),
         real_ip: values.get(&real_ip),
         pass_underscore_headers: site.config.pass_underscore_headers,
+        preserve_header_case: site.config.preserve_header_case,
     }))
 }
 

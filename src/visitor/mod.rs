@@ -187,15 +187,17 @@ pub(crate) fn push_facts(out: &mut Vec<u8>, d: &VisitorData<'_>) {
 }
 
 /// The `X-Visitor-*` header names, in [`VisitorHeader`] order: the
-/// prefix and each header's label.
+/// prefix and each header's label. Each name's text is made once and kept
+/// for the life of the process (eleven short strings), so the names are
+/// static ones: copying one per request is free, where a name parsed at run
+/// time is a shared buffer with a reference count.
 pub static VISITOR_HEADERS: LazyLock<[HeaderName; VisitorHeader::COUNT]> = LazyLock::new(|| {
     std::array::from_fn(|i| {
         let name = format!(
             "{VISITOR_HEADER_PREFIX}{}",
             VisitorHeader::ALL[i].as_label()
         );
-        HeaderName::from_bytes(name.as_bytes())
-            .unwrap_or_else(|e| unreachable!("{name}: a fixed, valid header name: {e}"))
+        HeaderName::from_static(Box::leak(name.into_boxed_str()))
     })
 });
 
