@@ -93,7 +93,7 @@ fn header_names_go_lower_case_unless_the_site_preserves_case() {
          \n[[site]]\nhosts = [\"case.example.com\"]\nupstreams = [\"{addr}\"]\npreserve_header_case = true\n"
     );
     let s = start(extra);
-    let mut send = |host: &str| {
+    let send = |host: &str| {
         let mut tls = tls_connect(s.https, &s.ca, host, b"").unwrap();
         let (status, _, body) = http_exchange(
             &mut tls,
