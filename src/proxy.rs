@@ -506,6 +506,8 @@ fn set_headers(up: &mut RequestHeader, r: &SiteRequest) -> Result<()> {
     for name in &stripped {
         parts.headers.remove(name);
     }
+    // One growth of the map for all of ours, not one per doubling.
+    parts.headers.reserve(forward::set_headers(r).count());
     for (name, value) in forward::set_headers(r) {
         parts.headers.insert(name.clone(), value.clone());
     }
