@@ -1,10 +1,14 @@
 # Sourced by the scripts in this folder: installs missing Debian packages.
-# usage: ensure_packages CMD:PACKAGE ...   (installs PACKAGE when CMD is missing)
+# usage: ensure_packages CMD:PACKAGE ...   (installs PACKAGE when CMD is missing;
+#   a CMD starting with / is a file of the package, e.g. an nginx module)
 ensure_packages() {
   local missing=() pair cmd pkg
   for pair in "$@"; do
     cmd=${pair%%:*}; pkg=${pair#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    case $cmd in
+      /*) [ -e "$cmd" ] || missing+=("$pkg") ;;
+      *) command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg") ;;
+    esac
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
