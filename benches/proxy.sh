@@ -13,7 +13,8 @@
 # and the same keep-alive allowance (a million requests per client
 # connection), each offering h2 and http/1.1 by ALPN:
 #   nginx     nginx proxy_pass over TLS: worker_processes = THREADS, an
-#             upstream block with `keepalive 64`, HTTP/1.1 to the upstream,
+#             upstream block with `keepalive 128` (the size of Pingora's
+#             default upstream pool), HTTP/1.1 to the upstream,
 #             Host, X-Forwarded-For, -Proto and -Host set; the usual proxy;
 #   bare      examples/bare_proxy.rs: Pingora whose only logic is
 #             upstream_peer (plus visitord's keep-alive timeout), the
@@ -82,8 +83,8 @@
 # those were on, so a round can start by refilling the pool; the count in
 # brackets, from a third look one second in, is what was opened after that:
 # churn, 0 for a proxy that pools (h2's CONNECTIONS x STREAMS concurrent
-# requests can need more upstream connections than a pool keeps, nginx's
-# `keepalive 64`). Each round line also shows the connections the proxy
+# requests can need more upstream connections than a pool keeps: 128 idle
+# ones for every proxy). Each round line also shows the connections the proxy
 # holds before and after (ss) and the requests the upstream saw against
 # the load generator's count.
 # Prints every round, then per protocol a markdown table of the medians per
@@ -427,7 +428,7 @@ $(temp_paths "$dir")
 $http
   upstream app {
     server 127.0.0.1:$up_port;
-    keepalive 64;
+    keepalive 128;
     keepalive_requests 1000000;
   }
   server {
