@@ -56,11 +56,12 @@
 #       HTTP/2 by ALPN, with `:authority: shop.example.com` and the same
 #       Origin. h2load sends the same headers on every request, so there is
 #       ONE client address (X-Forwarded-For: 81.2.69.142) and ONE browser
-#       (the first line of benches/browsers.txt): visitord's lookup is then
-#       served from its record cache and the user agent from its
-#       user-agent cache every time (nginx-geoip2 still searches the
-#       database per request), so the h2 table is not the h1 table with
-#       only the protocol changed. h2load has no percentiles: latency is
+#       (the first line of benches/browsers.txt): visitord still walks the
+#       database's tree per request, but the record is then always in its
+#       record cache and the user agent in its user-agent cache (nginx-geoip2
+#       searches the database per request too), so the h2 table is not
+#       the h1 table with only the protocol changed. h2load has no
+#       percentiles: latency is
 #       its mean "time for request". No --warm-up-time: the CPU counters
 #       are read around the whole h2load run, so every request it makes
 #       must be counted (the warm-up round warms up). req/s is h2load's
@@ -109,9 +110,11 @@
 #   the same run. BARE_HEADERS=1 adds "bare+headers": the bare proxy adding
 #   the eleven X-Visitor-* headers with fixed values (no lookup), what the
 #   headers alone cost through Pingora's header API. PERF=1 records a CPU
-#   profile of visitord during each of its rounds (perf record -g, software
-#   clock) into the run folder (perf-visitord-PROTOCOL-tTHREADS-rROUND.data;
-#   use with KEEP_RUN=1) and prints the top of the last one.
+#   profile of visitord, and of bare+headers when it runs, during each of
+#   their rounds (perf record -g, software clock) into the run folder
+#   (perf-PROXY-PROTOCOL-tTHREADS-rROUND.data; use with KEEP_RUN=1: two
+#   profiles of the same round compare symbol by symbol) and prints the top
+#   of visitord's last one.
 # Needs wrk (h1), h2load (h2; Debian's nghttp2-client), curl, nginx with the
 # stub_status, realip and http_v2 modules (Debian's nginx-light has them)
 # and ngx_http_geoip2_module (libnginx-mod-http-geoip2); installs them with
@@ -616,7 +619,8 @@ measure() { # PROXY THREADS ROUND DURATION PROTO
   (sleep 1; upstream_status >"$run/out/status-1s" || true) &
   local probe=$!
   local perf_pid=""
-  if [ "${PERF:-0}" = 1 ] && [ "$p" = visitord ] && [ "$3" != warmup ]; then
+  if [ "${PERF:-0}" = 1 ] && [ "$3" != warmup ] &&
+    { [ "$p" = visitord ] || [ "$p" = bare+headers ]; }; then
     perf record -q -e cpu-clock -F 997 -g -p "$pid" -o "$run/perf-$p-$5-t$2-r$3.data" \
       -- sleep "${4%s}" >/dev/null 2>&1 &
     perf_pid=$!
