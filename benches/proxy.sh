@@ -110,11 +110,11 @@
 #   the same run. BARE_HEADERS=1 adds "bare+headers": the bare proxy adding
 #   the eleven X-Visitor-* headers with fixed values (no lookup), what the
 #   headers alone cost through Pingora's header API. PERF=1 records a CPU
-#   profile of visitord, and of bare+headers when it runs, during each of
-#   their rounds (perf record -g, software clock) into the run folder
-#   (perf-PROXY-PROTOCOL-tTHREADS-rROUND.data; use with KEEP_RUN=1: two
-#   profiles of the same round compare symbol by symbol) and prints the top
-#   of visitord's last one.
+#   profile of each proxy in PERF_PROXIES (default "visitord bare+headers")
+#   during each of its rounds (perf record -g, software clock) into the run
+#   folder (perf-PROXY-PROTOCOL-tTHREADS-rROUND.data; use with KEEP_RUN=1:
+#   two profiles of the same round compare symbol by symbol) and prints the
+#   top of visitord's last one.
 # Needs wrk (h1), h2load (h2; Debian's nghttp2-client), curl, nginx with the
 # stub_status, realip and http_v2 modules (Debian's nginx-light has them)
 # and ngx_http_geoip2_module (libnginx-mod-http-geoip2); installs them with
@@ -620,7 +620,7 @@ measure() { # PROXY THREADS ROUND DURATION PROTO
   local probe=$!
   local perf_pid=""
   if [ "${PERF:-0}" = 1 ] && [ "$3" != warmup ] &&
-    { [ "$p" = visitord ] || [ "$p" = bare+headers ]; }; then
+    [[ " ${PERF_PROXIES:-visitord bare+headers} " == *" $p "* ]]; then
     perf record -q -e cpu-clock -F 997 -g -p "$pid" -o "$run/perf-$p-$5-t$2-r$3.data" \
       -- sleep "${4%s}" >/dev/null 2>&1 &
     perf_pid=$!
