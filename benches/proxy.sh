@@ -35,13 +35,29 @@
 #             for its port, whose [[site]] has visitor_headers = ["country"]:
 #             the upstream receives X-Visitor-Country only, and no user
 #             agent is parsed.
+# With CADDY=1, one more:
+#   caddy     Caddy's reverse_proxy over TLS doing the nginx proxy's job:
+#             one process with GOMAXPROCS = THREADS; HTTP/1.1 to the
+#             upstream, keeping up to 128 idle connections to it
+#             (keepalive_idle_conns_per_host); Host passed on as received
+#             (nginx's $host drops a port; the load sends none),
+#             X-Forwarded-For, -Proto and -Host set by Caddy itself, the
+#             client's X-Forwarded-For kept (and the peer appended) from
+#             loopback only (reverse_proxy's trusted_proxies 127.0.0.0/8;
+#             the servers option of that name is from Caddy 2.6.3); no
+#             Accept-Encoding added (compression off), as nginx adds none;
+#             h2 and http/1.1 only (no h3), logs at error level, no admin
+#             endpoint, no automatic HTTPS, a 1 s grace period. Go's server
+#             has no per-connection request limit. Its Caddyfile, log, HOME
+#             and XDG data and config folders are in the run folder;
+#             `caddy version` is printed with the tables.
 # Before the load, each proxy must answer 200 with the upstream's exact body
 # over every protocol in PROTOCOLS (curl --http1.1 / --http2, checking the
 # version it got), and /echo, asked with X-Forwarded-For: 81.2.69.142
 # (London in the database), must show what the upstream received:
 # X-Visitor-Country GB and no X-Visitor-City from nginx-geoip2 and
 # visitord-country; GB and a city from visitord (and baseline and
-# bare+headers); neither from nginx and bare.
+# bare+headers); neither from nginx, bare and caddy.
 #
 # Load, for each proxy thread count in THREAD_SET and each protocol in
 # PROTOCOLS, in alternating rounds (the proxy going first rotates each
@@ -96,7 +112,8 @@
 # per request), visitord-country / nginx-geoip2 (req/s, CPU per request),
 # with BARE_HEADERS=1 bare+headers / bare (CPU per request) and visitord /
 # bare+headers (CPU per request, req/s), with VISITORD_BASELINE visitord /
-# baseline (CPU per request, req/s).
+# baseline (CPU per request, req/s), with CADDY=1 visitord / caddy (req/s,
+# CPU per request).
 #
 # usage: benches/proxy.sh     build, fetch the database if needed
 #                             (benches/load.sh fetch), run, print the tables
@@ -109,16 +126,17 @@
 #   proxy ("baseline", visitord's configuration) for a before/after ratio in
 #   the same run. BARE_HEADERS=1 adds "bare+headers": the bare proxy adding
 #   the eleven X-Visitor-* headers with fixed values (no lookup), what the
-#   headers alone cost through Pingora's header API. PERF=1 records a CPU
-#   profile of each proxy in PERF_PROXIES (default "visitord bare+headers")
-#   during each of its rounds (perf record -g, software clock) into the run
-#   folder (perf-PROXY-PROTOCOL-tTHREADS-rROUND.data; use with KEEP_RUN=1:
-#   two profiles of the same round compare symbol by symbol) and prints the
-#   top of visitord's last one.
+#   headers alone cost through Pingora's header API. CADDY=1 adds "caddy"
+#   (above). PERF=1 records a CPU profile of each proxy in PERF_PROXIES
+#   (default "visitord bare+headers") during each of its rounds (perf
+#   record -g, software clock) into the run folder
+#   (perf-PROXY-PROTOCOL-tTHREADS-rROUND.data; use with KEEP_RUN=1: two
+#   profiles of the same round compare symbol by symbol) and prints the top
+#   of visitord's last one.
 # Needs wrk (h1), h2load (h2; Debian's nghttp2-client), curl, nginx with the
 # stub_status, realip and http_v2 modules (Debian's nginx-light has them)
-# and ngx_http_geoip2_module (libnginx-mod-http-geoip2); installs them with
-# apt-get when missing.
+# and ngx_http_geoip2_module (libnginx-mod-http-geoip2), with CADDY=1 caddy
+# (Debian's caddy); installs them with apt-get when missing.
 # Loopback only; every process it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -142,6 +160,7 @@ one_client=81.2.69.142
 proxies=(nginx bare visitord nginx-geoip2 visitord-country)
 [ -n "${VISITORD_BASELINE:-}" ] && proxies+=(baseline)
 [ "${BARE_HEADERS:-0}" = 1 ] && proxies+=(bare+headers)
+[ "${CADDY:-0}" = 1 ] && proxies+=(caddy)
 geoip2_module=/usr/lib/nginx/modules/ngx_http_geoip2_module.so
 
 say() { printf '%s\n' "$*" >&2; }
@@ -154,7 +173,9 @@ done
 loaders=()
 case " $protocols " in *" h1 "*) loaders+=(wrk:wrk) ;; esac
 case " $protocols " in *" h2 "*) loaders+=(h2load:nghttp2-client) ;; esac
-ensure_packages "${loaders[@]}" curl:curl nginx:nginx-light "$geoip2_module:libnginx-mod-http-geoip2"
+others=()
+[ "${CADDY:-0}" = 1 ] && others+=(caddy:caddy)
+ensure_packages "${loaders[@]}" "${others[@]}" curl:curl nginx:nginx-light "$geoip2_module:libnginx-mod-http-geoip2"
 for m in stub_status:"to count the upstream's connections" \
   realip:"for nginx-geoip2's client address" v2:"for HTTP/2 to the nginx proxies"; do
   nginx -V 2>&1 | grep -q -- "--with-http_${m%%:*}_module" ||
@@ -181,10 +202,11 @@ alive() {
   [ "$state" != Z ]
 }
 # SIGINT: immediate shutdown for Pingora (SIGTERM waits out its grace
-# period) and fast shutdown for nginx; SIGKILL after 5 s, to the process's
-# children too (nginx's workers outlive a killed master). A process started
-# in the background ignores SIGINT until it sets its own handler, so one
-# stopped right after it started gets SIGINT again every second.
+# period), fast shutdown for nginx, graceful for Caddy (forced on the
+# second); SIGKILL after 5 s, to the process's children too (nginx's
+# workers outlive a killed master). A process started in the background
+# ignores SIGINT until it sets its own handler, so one stopped right after
+# it started gets SIGINT again every second.
 stop() { # PID...
   local pid i kids
   for pid in "$@"; do kill -INT "$pid" 2>/dev/null || true; done
@@ -273,6 +295,14 @@ held_by() { # PID
 }
 
 mkdir -p "$run/upstream" "$run/out"
+# Every caddy command, even `caddy version`, creates $HOME/.step: HOME and
+# the XDG folders Caddy writes (autosave.json, its storage) go in the run
+# folder.
+caddy_cmd=(env HOME="$run/caddy" XDG_DATA_HOME="$run/caddy/data" XDG_CONFIG_HOME="$run/caddy/config" caddy)
+if [ "${CADDY:-0}" = 1 ]; then
+  mkdir -p "$run/caddy"
+  caddy_version=$("${caddy_cmd[@]}" version | awk '{ print $1; exit }')
+fi
 
 # --- the upstream: nginx, 1 worker, a fixed 512-byte body ---------------------
 free_port; up_port=$port_out; free_port; status_port=$port_out
@@ -456,6 +486,42 @@ CONF
   nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
   pidof[$name]=$!; pids+=("$!")
 }
+# The nginx proxy's job in Caddy (see the top of this file). The port alone
+# as the site address: no host matcher, every Host is proxied.
+start_caddy() { # THREADS
+  local dir=$run/caddy-$1
+  mkdir -p "$dir"
+  cat >"$dir/Caddyfile" <<CONF
+{
+  admin off
+  auto_https off
+  grace_period 1s
+  log {
+    level ERROR
+  }
+  servers {
+    protocols h1 h2
+  }
+}
+:${port[caddy]} {
+  bind 127.0.0.1
+  tls $cert $key
+  reverse_proxy 127.0.0.1:$up_port {
+    trusted_proxies 127.0.0.0/8
+    transport http {
+      versions 1.1
+      compression off
+      keepalive_idle_conns_per_host 128
+    }
+  }
+}
+CONF
+  # caddy's own indentation (tabs), or it warns that the file is not formatted
+  "${caddy_cmd[@]}" fmt --overwrite "$dir/Caddyfile"
+  GOMAXPROCS=$1 "${caddy_cmd[@]}" run --config "$dir/Caddyfile" --adapter caddyfile \
+    >"$dir/caddy.log" 2>&1 &
+  pidof[caddy]=$!; pids+=("$!")
+}
 start_visitord() { # NAME BINARY THREADS
   RUST_LOG=warn "$2" run --config "$run/$1.toml" >"$run/$1-$3.log" 2>&1 &
   pidof[$1]=$!; pids+=("$!")
@@ -485,6 +551,7 @@ start_proxies() { # THREADS
   write_visitord_conf visitord-country "$1" "${port[visitord-country]}" \
     'visitor_headers = ["country"]'
   start_visitord visitord-country "$visitord" "$1"
+  [ "${CADDY:-0}" != 1 ] || start_caddy "$1"
 }
 stop_proxies() {
   local p keep=() live=()
@@ -498,6 +565,7 @@ stop_proxies() {
 log_of() { # PROXY THREADS
   case $1 in
     nginx | nginx-geoip2) echo "$run/$1-$2/error.log" ;;
+    caddy) echo "$run/$1-$2/caddy.log" ;;
     *) echo "$run/$1-$2.log" ;;
   esac
 }
@@ -550,7 +618,7 @@ check_proxy() { # PROXY THREADS PROTO
   country=$(header_value x-echo-country "$headers")
   city=$(header_value x-echo-city "$headers")
   case $p in
-    nginx | bare) want="none none" ;;
+    nginx | bare | caddy) want="none none" ;;
     nginx-geoip2 | visitord-country) want="GB none" ;;
     *) want="GB some" ;;
   esac
@@ -696,7 +764,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else print
 
 echo
 echo "$rounds rounds of $duration per proxy, protocol and thread count, medians; $(nproc) cores;"
-echo "one upstream nginx (1 worker, 512-byte body); proxy threads = nginx worker_processes = Pingora threads"
+echo "one upstream nginx (1 worker, 512-byte body); proxy threads = nginx worker_processes = Pingora threads$(
+  [ "${CADDY:-0}" != 1 ] || echo " = caddy's GOMAXPROCS (caddy $caddy_version)")"
 declare -A rps cpu
 for proto in $protocols; do
   echo
@@ -749,6 +818,12 @@ if [ -n "${VISITORD_BASELINE:-}" ]; then
   ratios+=(
     "visitord / baseline, CPU per request|visitord|baseline|cpu"
     "visitord / baseline, req/s|visitord|baseline|rps"
+  )
+fi
+if [ "${CADDY:-0}" = 1 ]; then
+  ratios+=(
+    "visitord / caddy, req/s|visitord|caddy|rps"
+    "visitord / caddy, CPU per request|visitord|caddy|cpu"
   )
 fi
 ratio_of() { # SPEC PROTO THREADS
