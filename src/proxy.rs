@@ -488,7 +488,7 @@ async fn acme_challenge(snap: &Snapshot, path: &str) -> Answer {
 /// lower-case (well-known ones title-cased by Pingora) and each header is
 /// one insert into one map, with a name made once; through Pingora's header
 /// API each is a parse of the name, an allocation and two inserts
-/// (docs/performance.md, "The header path").
+/// (docs/performance.md, "The third round").
 fn set_headers(up: &mut RequestHeader, r: &SiteRequest) -> Result<()> {
     let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
     let old = std::mem::replace(up, empty);
