@@ -497,13 +497,7 @@ fn set_headers(up: &mut RequestHeader, r: &SiteRequest) -> Result<()> {
     let verbatim = (old.raw_path() != uri_target(&old.uri)).then(|| old.raw_path().to_vec());
     let end_stream = old.send_end_stream();
     let mut parts = http::request::Parts::from(old);
-    let stripped: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|n| forward::strips(n.as_str(), r))
-        .cloned()
-        .collect();
-    for name in &stripped {
+    for name in stripped(&parts.headers, r) {
         parts.headers.remove(name);
     }
     // One growth of the map for all of ours, not one per doubling.
@@ -524,19 +518,23 @@ fn set_headers(up: &mut RequestHeader, r: &SiteRequest) -> Result<()> {
 /// `set_headers` for a site with `preserve_header_case`: the client's
 /// names keep their case through Pingora's header API.
 fn set_headers_keeping_case(up: &mut RequestHeader, r: &SiteRequest) -> Result<()> {
-    let stripped: Vec<HeaderName> = up
-        .headers
-        .keys()
-        .filter(|n| forward::strips(n.as_str(), r))
-        .cloned()
-        .collect();
-    for name in &stripped {
-        up.remove_header(name);
+    for name in stripped(&up.headers, r) {
+        up.remove_header(&name);
     }
     for (name, value) in forward::set_headers(r) {
         up.insert_header(name.as_str(), value.clone())?;
     }
     Ok(())
+}
+
+/// The client's headers a site request must lose (`forward::strips`),
+/// collected so the map can be changed while they are removed.
+fn stripped(headers: &http::HeaderMap, r: &SiteRequest) -> Vec<HeaderName> {
+    headers
+        .keys()
+        .filter(|n| forward::strips(n.as_str(), r))
+        .cloned()
+        .collect()
 }
 
 /// The target a request rebuilt from its URI alone would have (Pingora's
