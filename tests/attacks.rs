@@ -13,63 +13,18 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::attack::{attacker, client, h2_rapid_reset, scanner_burst, tls_from};
+use common::attack::{
+    attacker, client, closed_by_server, h2_rapid_reset, held_from, open_files, scanner_burst,
+    tls_from,
+};
 use common::upstream::{Echo, Upstream};
-use common::{connect_from, eventually, raw_status, raw_tls, Options, Server};
+use common::{connect_from, eventually, metric, raw_status, raw_tls, Options, Server};
 
 fn with_limits(limits: &str) -> Options {
     Options {
         extra: format!("\n[limits]\n{limits}\n"),
         ..Options::default()
     }
-}
-
-/// A value of the Prometheus exposition, 0 when the series is absent.
-fn metric(s: &Server, series: &str) -> f64 {
-    s.metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn open_files(s: &Server) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
-        .unwrap()
-        .count()
-}
-
-/// How many TCP connections from `peer` the process holds: its sockets
-/// (from `/proc/PID/fd`) whose remote address in `/proc/net/tcp` is
-/// `peer`. A connection still in the kernel's accept queue has no socket in
-/// the process yet, so it is not counted.
-fn held_from(s: &Server, peer: std::net::IpAddr) -> usize {
-    let std::net::IpAddr::V4(peer) = peer else {
-        panic!("IPv4 peers only")
-    };
-    let ours: std::collections::HashSet<String> =
-        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter_map(|l| {
-                let l = l.to_str()?;
-                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-            })
-            .collect();
-    // /proc/net/tcp writes an IPv4 address as its four bytes read as a
-    // little-endian number, in hex.
-    let hex = format!("{:08X}", u32::from_le_bytes(peer.octets()));
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields
-                .get(2)
-                .is_some_and(|r| r.starts_with(&format!("{hex}:")))
-                && fields.get(9).is_some_and(|inode| ours.contains(*inode))
-        })
-        .count()
 }
 
 /// One API request over a fresh TLS connection from `bind`: its status.
@@ -89,19 +44,6 @@ fn silent(s: &Server, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|_| connect_from(s.https, Some(attacker())))
         .collect()
-}
-
-/// Whether the server has closed `tcp` (a read ends, rather than timing out).
-fn closed_by_server(tcp: &mut TcpStream) -> bool {
-    tcp.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    match tcp.read(&mut [0u8; 16]) {
-        Ok(n) => n == 0,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
 }
 
 /// 1,500 silent connections from one address once held 1,500 descriptors

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{eventually, free_port, Options, Server};
+use common::{eventually, free_port, metric, Options, Server};
 
 const ALLOWED: &str = "https://example.com";
 /// Generous: the machine may be busy with other test processes.
@@ -237,14 +237,6 @@ fn within_one_window<T>(projects: &[&str], mut scenario: impl FnMut(&str, u64) -
         }
     }
     panic!("the minute turned during every run");
-}
-
-fn metric(s: &Server, series: &str) -> f64 {
-    s.metrics_text()
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 /// Sends `n` API requests for `project` to `s` from `from` (or loopback);

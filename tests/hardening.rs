@@ -621,42 +621,14 @@ mod conn {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use super::common::attack::{attacker, client, tls_from};
+    use super::common::attack::{attacker, client, closed_by_server, open_files, tls_from};
     use super::common::upstream::Upstream;
     use super::common::{
-        connect_from, eventually, http_exchange, raw_status, Options, Server, TestCa,
+        connect_from, eventually, http_exchange, metric, raw_status, Options, Server, TestCa,
     };
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
-    }
-
-    /// A value of the Prometheus exposition, 0 when the series is absent.
-    fn metric(s: &Server, series: &str) -> f64 {
-        s.metrics_text()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn open_files(s: &Server) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
-            .unwrap()
-            .count()
-    }
-
-    /// Whether the server has closed `tcp` (a read ends, rather than
-    /// timing out).
-    fn closed_by_server(tcp: &mut TcpStream) -> bool {
-        tcp.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        match tcp.read(&mut [0u8; 64]) {
-            Ok(n) => n == 0,
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-        }
     }
 
     /// One API request over a fresh TLS connection from `bind`: its status.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::mmdb::{flat_record, MmdbWriter};
-use common::{eventually, Options, Server};
+use common::{eventually, metric, Options, Server};
 
 const ALLOWED: &str = "https://example.com";
 
@@ -77,14 +77,6 @@ impl Drop for LoadThreads {
             let _ = h.join();
         }
     }
-}
-
-fn metric(s: &Server, series: &str) -> f64 {
-    s.metrics_text()
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 #[test]

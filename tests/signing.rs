@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use common::{eventually, run_cli, Options, Server};
+use common::{eventually, metric, run_cli, Options, Server};
 use serde_json::{json, Value};
 
 const ORIGIN: &str = "https://www.example.com";
@@ -216,14 +216,6 @@ fn token(s: &Server) -> String {
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-fn metric(s: &Server, series: &str) -> f64 {
-    s.metrics_text()
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{connect_from, raw_tls, TestCa};
+use super::{connect_from, raw_tls, Server, TestCa};
 
 /// The attacker's address: a loopback address nothing else uses, so
 /// finding it in a log can only mean a leak.
@@ -294,4 +294,57 @@ pub fn h2_reset_after_headers(
         let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
         answered
     })
+}
+
+/// How many descriptors the server process holds.
+pub fn open_files(s: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .unwrap()
+        .count()
+}
+
+/// How many TCP connections from `peer` the process holds: its sockets
+/// (from `/proc/PID/fd`) whose remote address in `/proc/net/tcp` is
+/// `peer`. A connection still in the kernel's accept queue has no socket in
+/// the process yet, so it is not counted.
+pub fn held_from(s: &Server, peer: IpAddr) -> usize {
+    let IpAddr::V4(peer) = peer else {
+        panic!("IPv4 peers only")
+    };
+    let ours: std::collections::HashSet<String> =
+        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_str()?;
+                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect();
+    // /proc/net/tcp writes an IPv4 address as its four bytes read as a
+    // little-endian number, in hex.
+    let hex = format!("{:08X}:", u32::from_le_bytes(peer.octets()));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2).is_some_and(|r| r.starts_with(&hex))
+                && fields.get(9).is_some_and(|inode| ours.contains(*inode))
+        })
+        .count()
+}
+
+/// Whether the server has closed `tcp` (a read ends, rather than timing
+/// out).
+pub fn closed_by_server(tcp: &mut TcpStream) -> bool {
+    tcp.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    match tcp.read(&mut [0u8; 64]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }

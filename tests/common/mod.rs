@@ -679,3 +679,12 @@ pub fn http_exchange(stream: &mut impl ReadWrite, request: &str) -> (u16, String
 /// Read + Write, for `http_exchange` over TCP or TLS.
 pub trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
+
+/// A value of the server's Prometheus exposition, 0 when the series is
+/// absent.
+pub fn metric(s: &Server, series: &str) -> f64 {
+    s.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
